@@ -1,0 +1,67 @@
+"""`python -m service`: load and check the model, then serve it with uvicorn.
+
+The model is loaded before the server binds its port, so a model that breaks the contract
+stops start-up with one line naming the problem (exit status 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from service.app import create_app
+from service.model import ModelError, load_model
+from service.resources import available_cpus
+from service.settings import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the pleural effusion model over HTTP. Every option is also an environment "
+        "variable (CXR_HOST, CXR_PORT, CXR_MODEL_PATH, ...); options win.",
+    )
+    parser.add_argument("--host", help="address to bind (CXR_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port (CXR_PORT, default 8000)")
+    parser.add_argument("--model", type=Path, help="ONNX model file (CXR_MODEL_PATH)")
+    parser.add_argument("--execution-provider", choices=["auto", "cuda", "cpu"], help="CXR_EXECUTION_PROVIDER")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "model_path": args.model,
+        "execution_provider": args.execution_provider,
+    }
+    settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        model = load_model(
+            settings.model_path,
+            policy=settings.execution_provider,
+            intra_op_threads=settings.intra_op_threads or available_cpus(),
+        )
+    except ModelError as error:
+        print(f"error: model refused: {error}", file=sys.stderr)
+        sys.exit(2)
+
+    uvicorn.run(
+        create_app(settings, model=model),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Micro-batcher: concurrent requests share one inference call, behind a bounded queue.
+
+Policy (measured in docs/performance.md):
+- A lone request runs at once: the worker never waits for company when the queue is empty.
+- Under load, whatever queued while the previous batch ran forms the next batch (up to
+  `max_batch`); only when a batch already has company does it wait up to `max_delay` more.
+- The queue is bounded: when full, a request is refused at once (503 `overloaded` with
+  `Retry-After`), never left to time out.
+- Inference runs on one dedicated thread, so the event loop stays free for /live and /ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import ServiceError
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's share of a batch, with the costs it paid."""
+
+    probability: float
+    batch_size: int
+    queue_ms: float
+    inference_ms: float
+
+
+@dataclass
+class _Job:
+    tensor: np.ndarray
+    future: asyncio.Future[BatchResult]
+    enqueued: float
+
+
+class MicroBatcher:
+    """Collects single-image tensors into batches for `run_batch` (float32 [N,1,H,W] -> [N])."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.on_batch: Callable[[int, float], None] | None = None  # metrics hook: (size, seconds)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def start(self) -> None:
+        """Start the worker on the running event loop."""
+        self._queue = asyncio.Queue(maxsize=self.max_queue)
+        self._worker = asyncio.create_task(self._work(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Stop the worker; requests still queued are failed with `not_ready`."""
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        if self._queue is not None:
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if not job.future.done():
+                    job.future.set_exception(ServiceError("not_ready", "the service is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, tensor: np.ndarray) -> BatchResult:
+        """Queue one [1,1,H,W] tensor and wait for its probability."""
+        if self._queue is None:
+            raise ServiceError("not_ready", "the inference worker is not running")
+        job = _Job(tensor, asyncio.get_running_loop().create_future(), time.perf_counter())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise ServiceError(
+                "overloaded", f"{self.max_queue} requests are already waiting; retry shortly", retry_after=1
+            ) from None
+        return await job.future
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._collect(self._queue)
+            jobs = [job for job in jobs if not job.future.done()]  # the client went away
+            if not jobs:
+                continue
+            batch = np.concatenate([job.tensor for job in jobs])
+            started = time.perf_counter()
+            try:
+                probabilities = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            except Exception as error:  # a failing model must fail its requests, not the worker
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(ServiceError("internal_error", f"inference failed: {type(error).__name__}"))
+                continue
+            finished = time.perf_counter()
+            if self.on_batch is not None:
+                self.on_batch(len(jobs), finished - started)
+            for job, probability in zip(jobs, probabilities, strict=True):
+                if not job.future.done():
+                    job.future.set_result(
+                        BatchResult(
+                            probability=float(probability),
+                            batch_size=len(jobs),
+                            queue_ms=(started - job.enqueued) * 1000.0,
+                            inference_ms=(finished - started) * 1000.0,
+                        )
+                    )
+
+    async def _collect(self, queue: asyncio.Queue[_Job]) -> list[_Job]:
+        jobs = [await queue.get()]
+        while len(jobs) < self.max_batch and not queue.empty():
+            jobs.append(queue.get_nowait())
+        if len(jobs) > 1 and self.max_delay_s > 0:
+            deadline = time.perf_counter() + self.max_delay_s
+            while len(jobs) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    jobs.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+        return jobs

@@ -1,0 +1,43 @@
+"""Errors that reach a client, each with a stable machine-readable code.
+
+Codes are part of the public API: clients branch on them, so they never change meaning.
+The HTTP status lives here too, so the core can raise without knowing about HTTP.
+"""
+
+from __future__ import annotations
+
+STATUS_BY_CODE: dict[str, int] = {
+    "unauthorized": 401,
+    "not_found": 404,
+    "payload_too_large": 413,
+    "too_many_pixels": 413,
+    "unsupported_media_type": 415,
+    "missing_file": 422,
+    "empty_file": 422,
+    "undecodable_image": 422,
+    "blank_image": 422,
+    "image_too_small": 422,
+    "bad_aspect_ratio": 422,
+    "multi_frame": 422,
+    "unsupported_image": 422,
+    "invalid_request": 422,
+    "overloaded": 503,
+    "not_ready": 503,
+    "internal_error": 500,
+}
+
+
+class ServiceError(Exception):
+    """A failure with a client-facing code; the message must never contain patient data."""
+
+    def __init__(self, code: str, message: str, *, retry_after: int | None = None) -> None:
+        if code not in STATUS_BY_CODE:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def status_code(self) -> int:
+        return STATUS_BY_CODE[self.code]

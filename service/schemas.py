@@ -1,0 +1,74 @@
+"""Response and error bodies: the OpenAPI contract that clients code against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    sha256: str = Field(description="SHA-256 of the served ONNX file: pins results to exact weights.")
+
+
+class InputInfo(BaseModel):
+    format: str = Field(description="png, jpeg or dicom (detected from content).")
+    width: int
+    height: int
+    mode: str = Field(description="Source pixel layout, e.g. L, I;16, RGBA, MONOCHROME1.")
+    converted: bool = Field(description="True when a colour image was reduced to luminance.")
+    sop_instance_uid: str | None = Field(None, description="DICOM SOP Instance UID, so a PACS can match the result.")
+
+
+class Timing(BaseModel):
+    decode: float
+    preprocess: float
+    queue: float
+    inference: float
+    total: float
+
+
+class PredictionResponse(BaseModel):
+    effusion_probability: float = Field(ge=0.0, le=1.0)
+    label: str = Field(description="Class name at the model's decision threshold.")
+    threshold: float
+    model: ModelInfo
+    execution_provider: str = Field(description="The ONNX Runtime provider that actually ran the model.")
+    input: InputInfo
+    batch_size: int = Field(description="How many requests shared the inference call.")
+    timing_ms: Timing
+    request_id: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. undecodable_image.")
+    message: str
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    status: str = Field(description="loading, warming, ready, failed or draining.")
+    reason: str | None = None
+    model: ModelInfo | None = None
+    execution_provider: str | None = None
+
+
+class LiveResponse(BaseModel):
+    alive: bool = True
+
+
+class ModelResponse(BaseModel):
+    model: ModelInfo
+    execution_provider: str
+    preprocessing_id: str
+    threshold: float
+    class_names: list[str]
+    heatmap: bool
+    metadata: dict[str, Any] = Field(description="Every metadata entry of the model contract, JSON values decoded.")

@@ -1,0 +1,55 @@
+"""Every setting of the service, typed, in one place. Each is an environment variable `CXR_<NAME>`.
+
+The README's configuration table is this class; keep them in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_PATH = Path("models/cxr-effusion-resnet18.onnx")
+
+
+class Settings(BaseSettings):
+    """Service configuration; construct with keyword overrides in tests, from the environment in production."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="forbid", protected_namespaces=())
+
+    # Model and execution
+    model_path: Path = Field(DEFAULT_MODEL_PATH, description="ONNX model file to serve.")
+    execution_provider: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        description="auto: CUDA if it really works, else CPU. cuda: not ready unless CUDA is active. cpu: CPU only.",
+    )
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime intra-op threads; default: the CPUs this process may use (cgroup quota)."
+    )
+    warmup_runs: int = Field(2, ge=1, description="Inference runs per batch size before /ready turns 200.")
+
+    # Batching and backpressure
+    max_batch: int = Field(8, ge=1, le=256, description="Largest batch one inference call takes.")
+    max_delay_ms: float = Field(
+        2.0, ge=0, description="How long a partly filled batch waits for more work, only when other requests are queued."
+    )
+    max_queue: int = Field(64, ge=1, description="Requests waiting for inference before new ones get 503 overloaded.")
+    decode_threads: int | None = Field(
+        None, ge=1, description="Threads that decode and preprocess uploads; default: the CPUs this process may use."
+    )
+
+    # Input limits
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond).")
+    max_pixels: int = Field(
+        25_000_000, ge=65_536, description="Largest declared image (width x height) decoded (413 beyond)."
+    )
+
+    # HTTP server
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 in a container.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    drain_timeout_s: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish before exit."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
