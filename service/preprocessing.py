@@ -78,7 +78,8 @@ def area_sums(square: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """Area-average a square image down to `size` x `size`, returned as (sums, pixels per sum).
 
     An integer factor is an exact block sum. Any other factor uses the fractional pixel-overlap
-    weights that define area interpolation (as Pillow's BOX and OpenCV's INTER_AREA do).
+    weights that define area interpolation (as OpenCV's INTER_AREA; Pillow's BOX is not
+    exact for fractional factors).
     """
     side = square.shape[0]
     if side % size == 0:
