@@ -119,13 +119,21 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             max_pixels=settings.max_pixels,
         )
         state.model, state.predictor = loaded, predictor
-        warm_up = asyncio.create_task(_warm_up(state, loaded))
+        problem = loaded.provider_problem(settings.execution_provider)
+        if problem is None:
+            state.readiness.set("warming", "warming up every batch size")
+            warm_up = asyncio.create_task(_warm_up(state, loaded))
+        else:
+            logger.error("not ready: %s", problem)
+            state.readiness.set("failed", problem)
+            warm_up = None
         batcher.start()
         try:
             yield
         finally:
             state.readiness.set("draining", "the service is shutting down")
-            warm_up.cancel()
+            if warm_up is not None:
+                warm_up.cancel()
             await batcher.stop()
             predictor.close()
 
@@ -187,12 +195,6 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
 
 async def _warm_up(state: ServiceState, model: Model) -> None:
     settings = state.settings
-    problem = model.provider_problem(settings.execution_provider)
-    if problem is not None:
-        logger.error("not ready: %s", problem)
-        state.readiness.set("failed", problem)
-        return
-    state.readiness.set("warming", "warming up every batch size")
     try:
         sizes = list(range(1, settings.max_batch + 1))
         await anyio.to_thread.run_sync(lambda: model.warm_up(sizes, settings.warmup_runs))

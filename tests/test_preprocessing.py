@@ -7,18 +7,7 @@ import pytest
 
 from service.errors import ServiceError
 from service.preprocessing import PREPROCESSING_ID, preprocess
-
-
-def literal_recipe(pixels: np.ndarray) -> np.ndarray:
-    """The contract step by step, as written: float32 min-max, pad with 0 (the minimum), block mean."""
-    x = pixels.astype(np.float32)
-    x = (x - x.min()) / (x.max() - x.min())
-    side = max(x.shape)
-    canvas = np.zeros((side, side), dtype=np.float32)
-    top, left = (side - x.shape[0]) // 2, (side - x.shape[1]) // 2
-    canvas[top : top + x.shape[0], left : left + x.shape[1]] = x
-    k = side // 256
-    return canvas.reshape(256, k, 256, k).mean(axis=(1, 3))
+from tests.reference import literal_recipe
 
 
 def test_identifier_names_the_recipe() -> None:
