@@ -40,8 +40,8 @@ def build_model(
     if slow:
         rng = np.random.default_rng(0)
         w1 = rng.normal(0, 0.1, (32, 1, 7, 7)).astype(np.float32)
-        w2 = rng.normal(0, 0.01, (32, 32, 3, 3)).astype(np.float32)
-        w3 = np.full((1, 32, 1, 1), 1.0 / 32, dtype=np.float32)
+        w2 = rng.normal(0, 0.01, (96, 32, 3, 3)).astype(np.float32)
+        w3 = np.full((1, 96, 1, 1), 1.0 / 96, dtype=np.float32)
         initializers += [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))]
         nodes += [
             helper.make_node("Conv", [features, "w1"], ["c1"], pads=[3, 3, 3, 3]),
