@@ -20,6 +20,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "bad_aspect_ratio": 422,
     "multi_frame": 422,
     "unsupported_image": 422,
+    "unsupported_modality": 422,
     "invalid_request": 422,
     "overloaded": 503,
     "not_ready": 503,

@@ -18,6 +18,11 @@ from service.errors import ServiceError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
+DICOM_PREFIX = b"DICM"
+# A Part 10 file whose 128-byte preamble was stripped starts with its File Meta Information
+# Group Length: tag (0002,0000), explicit VR "UL", length 4. Anything else is not sniffed as
+# DICOM (a bare dataset without file meta has no transfer syntax to trust).
+DICOM_META_START = b"\x02\x00\x00\x00UL\x04\x00"
 
 # Pillow modes whose pixels are already one grayscale channel, and the modes that are
 # colour and must be reduced to luminance (ITU-R 601-2, Pillow's "L" conversion).
@@ -50,7 +55,7 @@ def sniff_format(data: bytes) -> str | None:
         return "png"
     if data.startswith(JPEG_SIGNATURE):
         return "jpeg"
-    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_PREFIX or data.startswith(DICOM_META_START):
         return "dicom"
     return None
 
