@@ -1,0 +1,90 @@
+"""`python -m service` as a real subprocess on a free port, its log going to a file.
+
+The log goes to a file, not a pipe: a server that logs one JSON line per request would block
+on a full pipe that nobody reads, and a load test would measure that instead of the service.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process, from /proc (Linux)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("VmRSS not found")
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+
+@contextmanager
+def running_service(model: Path, *, ready_timeout: float = 60.0, **env: str) -> Iterator[LiveServer]:
+    """Start the service with `CXR_*` overrides in `env`, wait for /ready, always stop it."""
+    port = free_port()
+    environment = {**os.environ, "CXR_EXECUTION_PROVIDER": "cpu", "CXR_WARMUP_RUNS": "1", **env}
+    with tempfile.TemporaryDirectory() as folder:
+        log_path = Path(folder) / "server.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service", "--model", str(model), "--port", str(port)],
+                cwd=REPO_ROOT,
+                env=environment,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        server = LiveServer(f"http://127.0.0.1:{port}", port, process, log_path)
+        try:
+            wait_until_ready(server, ready_timeout)
+            yield server
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+
+
+def wait_until_ready(server: LiveServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.process.poll() is not None:
+            raise AssertionError(f"server exited early:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server not ready within {timeout} s:\n{server.log()}")
+        time.sleep(0.05)
