@@ -1,0 +1,193 @@
+"""`python -m model_export train|evaluate|export|synth`: the offline road from images to a served model.
+
+    python -m model_export synth data/synthetic --count 40
+    python -m model_export train --data data/synthetic --output runs/demo
+    python -m model_export evaluate runs/demo
+    python -m model_export export runs/demo --output models/demo.onnx
+
+Heavy libraries are imported by the command that needs them, so `--help` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export",
+        description="Train, evaluate and export the pleural-effusion ResNet18, or write synthetic phantoms.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a model into a run directory",
+        description="Train ResNet18 (1 channel, 2 classes) on effusion vs no-finding scans, with a seeded "
+        "patient-level train/val/test split, class-weighted cross-entropy, random rotations within "
+        "±degrees, AdamW with a one-cycle schedule, and checkpoint selection plus early stopping on "
+        "validation AUROC. Mixed precision is used on CUDA.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument("--data", type=Path, help="(required unless --resume) class-folder root (effusion/, nofinding/), or the image root that --labels refers to")
+    train.add_argument("--labels", type=Path, help="NIH Data_Entry_2017.csv, or a filename,label,patient_id CSV; images are found by name anywhere under --data")
+    train.add_argument("--output", type=Path, required=True, help="run directory (config, split, checkpoints, history)")
+    train.add_argument("--epochs", type=int, default=40, help="most epochs to train (also the schedule's length)")
+    train.add_argument("--max-minutes", type=float, help="stop before an epoch that would end past this many minutes of this invocation")
+    train.add_argument("--batch-size", type=int, default=16, help="images per optimiser step")
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW peak learning rate of the one-cycle schedule")
+    train.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    train.add_argument("--class-weights", default="auto", help="cross-entropy weights: auto (inverse class frequency in train), none, or W0,W1")
+    train.add_argument("--rotation-degrees", type=float, default=10.0, help="random rotation range ±degrees (the only augmentation)")
+    train.add_argument("--rotation-probability", type=float, default=0.5, help="share of training images rotated")
+    train.add_argument("--patience", type=int, default=10, help="stop after this many epochs without a better validation AUROC")
+    train.add_argument("--val-fraction", type=float, default=0.2, help="share of patients (per class) in validation")
+    train.add_argument("--test-fraction", type=float, default=0.2, help="share of patients (per class) in test")
+    train.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights, shuffling and rotations")
+    train.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    train.add_argument("--workers", type=int, default=2, help="threads that decode and preprocess images (once; results are cached)")
+    train.add_argument("--cache-dir", type=Path, help="where preprocessed tensors are cached (default: <output>/cache)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from last.pt with its saved settings; only --max-minutes applies anew")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a run on its validation and test splits",
+        description="Choose the threshold by Youden's J on validation, then report test AUROC and average "
+        "precision with bootstrap 95% intervals, sensitivity, specificity and the confusion matrix, beside a "
+        "logistic regression on 32x32 thumbnails. Writes report.json, report.md, roc.png, pr.png and predictions.csv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate.add_argument("run", type=Path, help="run directory written by train")
+    evaluate.add_argument("--report-dir", type=Path, help="where to write the report (default: <run>/evaluation)")
+    evaluate.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the confidence intervals")
+    evaluate.add_argument("--device", default="cpu", help="device for inference: cpu, cuda or auto")
+
+    export = commands.add_parser(
+        "export",
+        help="export a run's best checkpoint to ONNX, with parity check",
+        description="Export best.pt to ONNX (input image [N,1,256,256], output effusion_probability [N]) with the "
+        "service's contract in its metadata; the file is published only if the service loads it and ONNX Runtime "
+        "matches torch within the tolerance on real images of the run's test and validation splits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument("run", type=Path, help="run directory written by train and evaluated by evaluate")
+    export.add_argument("--output", type=Path, required=True, help="ONNX file to write")
+    export.add_argument("--evaluation", type=Path, help="evaluation report.json with the threshold (default: <run>/evaluation/report.json)")
+    export.add_argument("--model-name", default="cxr-effusion-resnet18", help="model_name in the contract")
+    export.add_argument("--model-version", default="1.0.0", help="model_version in the contract")
+    export.add_argument("--parity-images", type=int, default=8, help="real images from the test (then validation) split for the parity check")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |torch - ONNX Runtime| probability difference")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (at least 17)")
+
+    synth = commands.add_parser(
+        "synth",
+        help="write synthetic phantoms in the class-folder layout",
+        description="Write 1024x1024 grayscale chest phantoms, with (effusion/) and without (nofinding/) an "
+        "effusion-like opacity, named synthetic_<class>_<n>.png. Drawings for tests and demos, not radiographs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    synth.add_argument("output", type=Path, help="root folder to write effusion/ and nofinding/ into")
+    synth.add_argument("--count", type=int, default=40, help="images per class")
+    synth.add_argument("--seed", type=int, default=0, help="random seed")
+    synth.add_argument("--size", type=int, default=1024, help="side in pixels")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from model_export.errors import DataError
+    from model_export.train import TrainConfig, train
+
+    if args.data is None and not args.resume:
+        raise DataError("--data is required to start a run")
+    config = TrainConfig(
+        data=str(args.data),
+        labels=str(args.labels) if args.labels else None,
+        output=str(args.output),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        class_weights=args.class_weights,
+        rotation_degrees=args.rotation_degrees,
+        rotation_probability=args.rotation_probability,
+        patience=args.patience,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None,
+    )
+    result = train(config, max_minutes=args.max_minutes, resume=args.resume)
+    print(
+        f"best validation AUROC {result.best_val_auroc:.3f} at epoch {result.best_epoch}; "
+        f"{result.epochs_completed} epochs done, stopped by {result.stop_reason}; run in {args.output}"
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from model_export.evaluate import evaluate_run
+
+    report = evaluate_run(args.run, report_dir=args.report_dir, resamples=args.bootstrap, device=args.device)
+    test = report["cnn"]["test"]
+    print(
+        f"test AUROC {test['auroc']:.3f} (95% CI {test['auroc_ci95'][0]:.3f}-{test['auroc_ci95'][1]:.3f}), "
+        f"sensitivity {test['sensitivity']:.3f}, specificity {test['specificity']:.3f} at threshold "
+        f"{report['threshold']['value']:.4f}; reference AUROC {report['reference']['test']['auroc']:.3f}; "
+        f"report in {args.report_dir or args.run / 'evaluation'}"
+    )
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from model_export.errors import ExportError
+    from model_export.export import export_run
+
+    if args.opset < 17:
+        raise ExportError("--opset must be at least 17")
+    result = export_run(
+        args.run,
+        args.output,
+        evaluation=args.evaluation,
+        model_name=args.model_name,
+        model_version=args.model_version,
+        parity_images=args.parity_images,
+        opset=args.opset,
+        tolerance=args.tolerance,
+    )
+    print(
+        f"wrote {result.path}: parity max |torch - ONNX Runtime| = {result.max_abs_difference:.2e} "
+        f"on {result.parity_images} real images"
+    )
+
+
+def run_synth(args: argparse.Namespace) -> None:
+    from model_export.synthetic import write_dataset
+
+    paths = write_dataset(args.output, count=args.count, seed=args.seed, size=args.size)
+    print(f"wrote {len(paths)} synthetic phantoms under {args.output}")
+
+
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "export": run_export, "synth": run_synth}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("model_export").setLevel(logging.INFO)  # ours, not the exporter's chatter
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from model_export.errors import PipelineError
+
+    try:
+        with logging_redirect_tqdm():
+            COMMANDS[args.command](args)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
