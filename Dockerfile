@@ -1,0 +1,97 @@
+# cxr-effusion inference service. Two targets, one per ONNX Runtime flavour (never both in one image):
+#
+#   docker build --target cpu -t cxr-effusion:cpu .     # onnxruntime (CPU execution provider)
+#   docker build --target gpu -t cxr-effusion:gpu .     # onnxruntime-gpu + CUDA 13 / cuDNN 9 wheels
+#
+# Offline (air-gapped) builds: fill a wheelhouse with deploy/wheelhouse.sh, then add
+# `--build-arg WHEELHOUSE=wheelhouse` (any folder of the build context); pip then never
+# touches an index. Without it, pip installs from PIP_INDEX_URL.
+# Only instructions that both the classic builder and BuildKit understand are used (no RUN
+# --mount, no heredocs), so hosts without buildx build it too. Stages are ordered so that the
+# classic builder, which builds every stage up to its target, never builds the GPU stack for
+# `--target cpu`. docs/deployment.md has the rest.
+
+# Any image with python3 (3.11+) and its venv module: the official slim image by default, or an
+# air-gapped site's own Debian base (`debootstrap --include=python3,python3-venv`).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS python-base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+# The build context (.dockerignore lets in only the project, the models and a wheelhouse) and
+# an empty virtual environment at the path the runtime stages use.
+FROM python-base AS source
+WORKDIR /src
+COPY . .
+RUN python3 -m venv /opt/venv
+
+FROM source AS cpu-venv
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG WHEELHOUSE=
+RUN deploy/docker/install-venv.sh cpu
+
+# What both runtime targets share: no compilers, no pip, no caches; a non-root user that owns
+# nothing it could rewrite; the default model baked in (mount another and set CXR_MODEL_PATH).
+FROM python-base AS runtime
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin cxr
+COPY models/ /opt/cxr-effusion/models/
+COPY deploy/docker/healthcheck.py /opt/cxr-effusion/healthcheck.py
+ENV PATH=/opt/venv/bin:$PATH \
+    CXR_HOST=0.0.0.0 \
+    CXR_PORT=8000 \
+    CXR_MODEL_PATH=/opt/cxr-effusion/models/cxr-effusion-resnet18.onnx
+WORKDIR /opt/cxr-effusion
+USER 10001:10001
+EXPOSE 8000
+# /ready, not /live: Docker does not restart an unhealthy container, it only reports health (to
+# `docker ps`, compose's depends_on and operators), so the useful signal is "can this container
+# serve", which includes a model that failed its provider check or warm-up. The start period
+# covers loading and warm-up. Kubernetes ignores HEALTHCHECK and probes /ready and /live itself.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python3", "/opt/cxr-effusion/healthcheck.py"]
+# uvicorn drains in-flight requests on SIGTERM (CXR_DRAIN_TIMEOUT_S). The exec-form entrypoint
+# makes Python PID 1, so the signal reaches the server directly; the service starts no child
+# processes, so there are no zombies for an init to reap.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python3", "-m", "service"]
+# OCI labels last, so a new revision or model version rebuilds no earlier layer.
+ARG VERSION=unspecified
+ARG REVISION=unspecified
+ARG SOURCE=unspecified
+ARG MODEL_NAME=unspecified
+ARG MODEL_VERSION=unspecified
+ARG MODEL_SHA256=unspecified
+LABEL org.opencontainers.image.title="cxr-effusion" \
+      org.opencontainers.image.description="Chest X-ray pleural effusion detector (ONNX Runtime, FastAPI). Research and integration use, not for clinical use." \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      io.cxr-effusion.model.name="${MODEL_NAME}" \
+      io.cxr-effusion.model.version="${MODEL_VERSION}" \
+      io.cxr-effusion.model.sha256="${MODEL_SHA256}"
+
+FROM runtime AS cpu
+COPY --from=cpu-venv /opt/venv /opt/venv
+LABEL io.cxr-effusion.variant="cpu"
+
+FROM source AS gpu-venv
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG WHEELHOUSE=
+RUN deploy/docker/install-venv.sh gpu
+
+# CUDA and cuDNN come from the nvidia-* wheels (onnxruntime.preload_dlls() loads them); the host's
+# driver comes in through the NVIDIA container toolkit. The service refuses readiness when CUDA
+# is not really active (CXR_EXECUTION_PROVIDER=cuda); set it to `auto` to allow a CPU fallback.
+FROM runtime AS gpu
+COPY --from=gpu-venv /opt/venv /opt/venv
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    CXR_EXECUTION_PROVIDER=cuda
+LABEL io.cxr-effusion.variant="gpu"
+
+# A plain `docker build .` gives the CPU image.
+FROM cpu AS default

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Download every wheel the image needs, for builds that must not reach an index:
+#
+#   deploy/wheelhouse.sh cpu [gpu]      # then: docker build --build-arg WHEELHOUSE=wheelhouse ...
+#
+# Run from the repository root on any host with pip and access to an index (or a mirror pip is
+# configured for). The wheels are for the container's Python, not the host's: CPython
+# CXR_WHEEL_PYTHON (default 3.11) on manylinux x86_64 up to glibc 2.CXR_WHEEL_GLIBC_MINOR
+# (default 36, Debian bookworm). pip skips wheels already in the folder.
+set -euo pipefail
+
+if [ "$#" -eq 0 ]; then
+    echo "usage: deploy/wheelhouse.sh cpu|gpu [cpu|gpu]" >&2
+    exit 2
+fi
+dest=${CXR_WHEELHOUSE:-wheelhouse}
+python_version=${CXR_WHEEL_PYTHON:-3.11}
+platforms=()
+for minor in $(seq 5 "${CXR_WHEEL_GLIBC_MINOR:-36}"); do
+    platforms+=(--platform "manylinux_2_${minor}_x86_64")
+done
+requirements=(setuptools)  # the project's build backend, for the in-image wheel build
+for flavour in "$@"; do
+    case "$flavour" in
+        cpu | gpu) requirements+=(".[$flavour]") ;;
+        *) echo "unknown flavour: $flavour (cpu or gpu)" >&2; exit 2 ;;
+    esac
+done
+mkdir -p "$dest"
+"${PYTHON:-python3}" -m pip download --quiet --only-binary=:all: --implementation cp \
+    --python-version "$python_version" "${platforms[@]}" --dest "$dest" "${requirements[@]}"
+echo "wheelhouse: $(find "$dest" -name '*.whl' | wc -l) wheels, $(du -sh "$dest" | cut -f1) in $dest"
