@@ -15,5 +15,5 @@ serve: venv
 	$(VENV)/bin/python -m service
 
 test: venv
-	$(PIP) install -e '.[cpu,dev,train]'
+	$(PIP) install -e '.[cpu,dev,train,client]'
 	$(VENV)/bin/python -m pytest
