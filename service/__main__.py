@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import sys
 from pathlib import Path
 
 import uvicorn
 
 from service.app import create_app
+from service.auth import AuthConfigError
+from service.logs import log_config
 from service.model import ModelError, load_model
 from service.resources import available_cpus
 from service.settings import Settings
+from service.shutdown import DrainingServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         "execution_provider": args.execution_provider,
     }
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging_config = log_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(logging_config)
+    logging.captureWarnings(True)  # library warnings become log lines in the same format
 
     try:
         model = load_model(
@@ -52,15 +58,23 @@ def main(argv: list[str] | None = None) -> None:
     except ModelError as error:
         print(f"error: model refused: {error}", file=sys.stderr)
         sys.exit(2)
+    try:
+        app = create_app(settings, model=model)
+    except AuthConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
-    uvicorn.run(
-        create_app(settings, model=model),
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
+        log_config=logging_config,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        access_log=False,  # service.requests logs each request once, with its id and error code
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # uvicorn accepts a float
         server_header=False,
     )
+    DrainingServer(config, on_drain=app.state.service.drain, drain_delay_s=settings.drain_delay_s).run()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,15 +11,17 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.datastructures import MutableHeaders
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, load_api_keys
 from service.batching import MicroBatcher
-from service.errors import ServiceError
+from service.errors import ServiceError, error_body
+from service.metrics import Metrics
 from service.model import Model, load_model
+from service.observability import RequestObserver
 from service.predictor import Prediction, Predictor
 from service.readiness import Readiness
 from service.resources import available_cpus
@@ -40,7 +40,6 @@ from service.uploads import read_upload
 
 logger = logging.getLogger("service")
 
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 413, 415, 422, 503)
 }
@@ -71,28 +70,12 @@ class ServiceState:
         self.readiness = Readiness()
         self.model: Model | None = None
         self.predictor: Predictor | None = None
+        self.metrics = Metrics()
+        self.metrics.ready.set_function(lambda: float(self.readiness.ready))
 
-
-class RequestIdMiddleware:
-    """Give every request an id (the client's X-Request-ID when it is sane) and echo it back."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).append("X-Request-ID", request_id)
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+    def drain(self) -> None:
+        """SIGTERM arrived: /ready says 503 and new work is refused from now on."""
+        self.readiness.set("draining", "the service is shutting down")
 
 
 def create_app(settings: Settings | None = None, *, model: Model | None = None) -> FastAPI:
@@ -119,6 +102,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             max_pixels=settings.max_pixels,
         )
         state.model, state.predictor = loaded, predictor
+        state.metrics.watch(batcher, loaded)
         problem = loaded.provider_problem(settings.execution_provider)
         if problem is None:
             state.readiness.set("warming", "warming up every batch size")
@@ -131,7 +115,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         try:
             yield
         finally:
-            state.readiness.set("draining", "the service is shutting down")
+            state.drain()
             if warm_up is not None:
                 warm_up.cancel()
             await batcher.stop()
@@ -144,7 +128,6 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         lifespan=lifespan,
     )
     app.state.service = state
-    app.add_middleware(RequestIdMiddleware)
     _add_error_handlers(app)
 
     @app.post("/predict", response_model=PredictionResponse, responses=ERROR_RESPONSES, openapi_extra=UPLOAD_BODY)
@@ -190,7 +173,33 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             metadata=contract.metadata,
         )
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus exposition of this app's registry."""
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    _add_middleware(app, state)
     return app
+
+
+def _add_middleware(app: FastAPI, state: ServiceState) -> None:
+    """Outermost first: request id, metrics and log line; CORS; API keys; then the routes."""
+    settings = state.settings
+    keys = load_api_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file)
+    if keys:
+        open_paths = PROBE_PATHS | {"/metrics"} if settings.metrics_public else PROBE_PATHS
+        app.add_middleware(ApiKeyMiddleware, checker=KeyChecker(keys), open_paths=open_paths)
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    known_paths = frozenset(getattr(route, "path", "") for route in app.routes)
+    app.add_middleware(RequestObserver, metrics=state.metrics, known_paths=known_paths)
 
 
 async def _warm_up(state: ServiceState, model: Model) -> None:
@@ -241,9 +250,9 @@ def _prediction_response(prediction: Prediction, model: Model, request_id: str) 
 
 
 def error_response(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error body shape: {"error": {"code", "message", "request_id"}}."""
-    request_id = getattr(request.state, "request_id", "")
-    body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    """The one error body shape: {"error": {"code", "message", "request_id"}}; the code is kept for metrics and logs."""
+    request.state.error_code = code
+    body = error_body(code, message, getattr(request.state, "request_id", ""))
     return JSONResponse(body, status_code=status, headers=headers)
 
 

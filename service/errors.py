@@ -6,6 +6,8 @@ The HTTP status lives here too, so the core can raise without knowing about HTTP
 
 from __future__ import annotations
 
+from functools import partial
+
 STATUS_BY_CODE: dict[str, int] = {
     "unauthorized": 401,
     "not_found": 404,
@@ -39,6 +41,15 @@ class ServiceError(Exception):
         self.message = message
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle by code and message, so decode worker processes can raise it across the pool."""
+        return (partial(ServiceError, retry_after=self.retry_after), (self.code, self.message))
+
     @property
     def status_code(self) -> int:
         return STATUS_BY_CODE[self.code]
+
+
+def error_body(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
+    """The one error body shape every route and middleware returns."""
+    return {"error": {"code": code, "message": message, "request_id": request_id}}

@@ -20,5 +20,7 @@ class Readiness:
         return self.status == "ready"
 
     def set(self, status: Status, reason: str | None = None) -> None:
+        if self.status == "draining":
+            return  # final: a warm-up finishing after SIGTERM must not re-open the service
         self.status = status
         self.reason = None if status == "ready" else reason

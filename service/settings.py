@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path("models/cxr-effusion-resnet18.onnx")
@@ -52,4 +52,27 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         20.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish before exit."
     )
+    drain_delay_s: float = Field(
+        2.0,
+        ge=0,
+        description="On SIGTERM, how long /ready says 503 and new work is refused before the listener closes, "
+        "so load balancers stop sending traffic first. SIGINT (Ctrl-C) skips it.",
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated browser origins allowed by CORS (e.g. https://viewer.example.org); empty: CORS off."
+    )
+
+    # Security: optional API keys
+    api_keys: SecretStr | None = Field(
+        None, description="Comma-separated API keys (16+ characters each); set, every route but /live and /ready needs one."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one API key per line (# comments allowed); combined with CXR_API_KEYS."
+    )
+    metrics_public: bool = Field(False, description="Serve /metrics without a key even when API keys are set.")
+
+    # Logging
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line (for log collectors); text: for a terminal."
+    )
