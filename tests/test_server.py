@@ -2,68 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.live_server import REPO_ROOT, free_port, running_service
 from tests.model_factory import build_model
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def running_service(model: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start `python -m service`, wait for /ready, yield its URL; always stop it."""
-    port = free_port()
-    environment = {**os.environ, "CXR_EXECUTION_PROVIDER": "cpu", "CXR_WARMUP_RUNS": "1", **env}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--model", str(model), "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited early: {process.stdout.read().decode()}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("server not ready within 60 s")
-            time.sleep(0.1)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_serves_predictions_and_stops_cleanly_on_sigterm(mean_model: Path, nih_png: Path) -> None:
-    with running_service(mean_model) as (url, process):
+    with running_service(mean_model) as server:
+        url, process = server.url, server.process
         response = httpx.post(f"{url}/predict", files={"file": ("scan.png", nih_png.read_bytes(), "image/png")}, timeout=30)
         assert response.status_code == 200, response.text
         assert 0.0 <= response.json()["effusion_probability"] <= 1.0
@@ -75,8 +30,8 @@ def test_serves_predictions_and_stops_cleanly_on_sigterm(mean_model: Path, nih_p
 def test_live_and_ready_answer_while_inference_is_busy(slow_model: Path, nih_png: Path) -> None:
     scan = nih_png.read_bytes()
     env = {"CXR_MAX_BATCH": "1", "CXR_INTRA_OP_THREADS": "1"}  # serialise: each inference takes tens of ms
-    with running_service(slow_model, **env) as (url, _):
-        with httpx.Client(base_url=url, timeout=60) as client, ThreadPoolExecutor(8) as pool:
+    with running_service(slow_model, **env) as server:
+        with httpx.Client(base_url=server.url, timeout=60) as client, ThreadPoolExecutor(8) as pool:
             started = time.perf_counter()
             predictions = [pool.submit(client.post, "/predict", files={"file": ("s.png", scan)}) for _ in range(24)]
             probe_latencies = []
