@@ -1,34 +1,34 @@
 """The service without HTTP: bytes in, a probability and its provenance out.
 
-`prepare` is the pure per-request work (decode + preprocess). `Predictor` runs it on a
-thread pool (Pillow, zlib and numpy release the GIL for the heavy parts) and feeds the
-micro-batcher, so decoding of one request overlaps inference of others. `score_bytes` is
-the synchronous path for scripts and the CLI's `--local` mode: same functions, no server.
+`Predictor` runs `prepare` (decode + preprocess) off the event loop and feeds the
+micro-batcher, so decoding of some requests overlaps inference of others. Decoding runs on
+threads by default (imagecodecs, zlib and numpy release the GIL for the heavy parts) or, with
+`decode_processes`, in worker processes, which scale better on many-core hosts where Pillow's
+Python-level work would serialise on the GIL (docs/performance.md). `score_bytes` is the
+synchronous path for scripts and the CLI's `--local` mode: same functions, no server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import multiprocessing
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
+from PIL import Image
 
 from service.batching import MicroBatcher
-from service.imaging import DecodedImage, decode
+from service.errors import ServiceError
 from service.model import Model
-from service.preprocessing import preprocess
+from service.prepare import Prepared, ScanFacts, prepare
+from service.resources import available_cpus
+from service.settings import Settings
 
-
-@dataclass(frozen=True)
-class Prepared:
-    """A decoded scan's facts and its model tensor."""
-
-    image: DecodedImage
-    tensor: np.ndarray
-    decode_ms: float
-    preprocess_ms: float
+__all__ = ["Prediction", "Predictor", "Prepared", "prepare", "score_bytes"]
 
 
 @dataclass(frozen=True)
@@ -37,25 +37,15 @@ class Prediction:
 
     probability: float
     label: str
-    image: DecodedImage
+    image: ScanFacts
     batch_size: int
     timing_ms: dict[str, float]
-
-
-def prepare(data: bytes, *, max_pixels: int) -> Prepared:
-    """Decode and preprocess one upload (pure; raises ServiceError on bad input)."""
-    started = time.perf_counter()
-    image = decode(data, max_pixels=max_pixels)
-    decoded = time.perf_counter()
-    tensor = preprocess(image.pixels)
-    finished = time.perf_counter()
-    return Prepared(image, tensor, (decoded - started) * 1000.0, (finished - decoded) * 1000.0)
 
 
 def score_bytes(model: Model, data: bytes, *, max_pixels: int) -> Prediction:
     """Score one scan synchronously, without a server or batcher."""
     started = time.perf_counter()
-    prepared = prepare(data, max_pixels=max_pixels)
+    prepared = prepare(data, max_pixels)
     inference_started = time.perf_counter()
     probability = float(model.predict(prepared.tensor)[0])
     finished = time.perf_counter()
@@ -69,19 +59,69 @@ def score_bytes(model: Model, data: bytes, *, max_pixels: int) -> Prediction:
     return Prediction(probability, model.contract.label(probability), prepared.image, 1, timing)
 
 
-class Predictor:
-    """Async scoring: decode on a thread pool, infer through the micro-batcher."""
+def decode_pool(workers: int, *, processes: bool) -> Executor:
+    """Threads in this process, or spawned worker processes (never forked: ORT's threads exist)."""
+    if processes:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
-    def __init__(self, model: Model, batcher: MicroBatcher, *, decode_threads: int, max_pixels: int) -> None:
+
+class Predictor:
+    """Async scoring with admission control: at most `max_in_flight` requests in progress at once.
+
+    Counting every admitted request, not only those queued for inference, keeps a decode
+    backlog from growing without bound: past the limit a request gets 503 `overloaded` with
+    `Retry-After` at once instead of a slow answer after its client has given up.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        batcher: MicroBatcher,
+        *,
+        decoders: Executor,
+        workers: int,
+        max_pixels: int,
+        max_in_flight: int,
+    ) -> None:
         self.model = model
         self.batcher = batcher
         self.max_pixels = max_pixels
-        self._decoders = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._decoders = decoders
+        self._workers = workers
+
+    @classmethod
+    def from_settings(cls, model: Model, batcher: MicroBatcher, settings: Settings) -> Predictor:
+        """Size the decode pool and the admission limit from the settings."""
+        processes = settings.decode_processes > 0
+        workers = settings.decode_processes if processes else settings.decode_threads or available_cpus()
+        return cls(
+            model,
+            batcher,
+            decoders=decode_pool(workers, processes=processes),
+            workers=workers,
+            max_pixels=settings.max_pixels,
+            # being decoded (one per worker) + in the running batch + waiting (CXR_MAX_QUEUE)
+            max_in_flight=workers + settings.max_batch + settings.max_queue,
+        )
 
     async def predict(self, data: bytes) -> Prediction:
+        if self.in_flight >= self.max_in_flight:
+            raise ServiceError(
+                "overloaded", f"{self.max_in_flight} requests are already in progress; retry shortly", retry_after=1
+            )
+        self.in_flight += 1
+        try:
+            return await self._predict(data)
+        finally:
+            self.in_flight -= 1
+
+    async def _predict(self, data: bytes) -> Prediction:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._decoders, lambda: prepare(data, max_pixels=self.max_pixels))
+        prepared = await loop.run_in_executor(self._decoders, partial(prepare, data, self.max_pixels))
         result = await self.batcher.submit(prepared.tensor)
         timing = {
             "decode": prepared.decode_ms,
@@ -93,5 +133,14 @@ class Predictor:
         label = self.model.contract.label(result.probability)
         return Prediction(result.probability, label, prepared.image, result.batch_size, timing)
 
+    def start_decoders(self) -> None:
+        """Run a scan through every decode worker before /ready, so no client pays a process start."""
+        gradient = np.add.outer(np.arange(256), np.arange(256)).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(gradient).save(buffer, format="PNG")
+        sample = buffer.getvalue()
+        for future in [self._decoders.submit(prepare, sample, self.max_pixels) for _ in range(self._workers)]:
+            future.result()
+
     def close(self) -> None:
-        self._decoders.shutdown(wait=True)
+        self._decoders.shutdown(wait=True, cancel_futures=True)
