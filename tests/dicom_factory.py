@@ -36,11 +36,12 @@ def dicom_dataset(
     photometric: str = "MONOCHROME2",
     bits_stored: int | None = None,
     modality: str | None = "DX",
-    slope: float | None = None,
+    slope: float | str | None = None,
     intercept: float | None = None,
     window: tuple[float, float] | None = None,
     frames: int = 1,
     samples: int = 1,
+    sop_instance_uid: str = SOP_INSTANCE_UID,
 ) -> Dataset:
     """An uncompressed (Explicit VR Little Endian) DX image holding `pixels` as stored values.
 
@@ -51,9 +52,9 @@ def dicom_dataset(
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.file_meta.MediaStorageSOPInstanceUID = SOP_INSTANCE_UID
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
     ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = SOP_INSTANCE_UID
+    ds.SOPInstanceUID = sop_instance_uid
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientName = PATIENT_NAME

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from tests.conftest import make_settings, png_bytes, wait_ready
-from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, dicom_bytes, dicom_dataset, to_bytes
+from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, SOP_INSTANCE_UID, dicom_bytes, dicom_dataset, to_bytes
 from tests.live_server import running_service
 
 SCAN = png_bytes(((np.add.outer(np.arange(300), np.arange(300)) * 7) % 256).astype(np.uint8))
@@ -95,18 +95,20 @@ def test_logs_are_json_lines_with_request_ids_and_no_patient_data(logged_server)
     broken = good[: len(good) - 5000]
     # Invalid UI and DS values that carry patient data: parsers like to quote invalid values.
     # pydicom refuses to write them, so valid placeholders of the same length are swapped in the bytes.
-    bad_uid, bad_slope = f"{PATIENT_NAME}-{PATIENT_ID}".encode(), f"x{PATIENT_ID}"[:16].encode()
-    hostile = dicom_dataset(scan, slope=1.0, intercept=0.0)
-    hostile.SOPInstanceUID = "1." + "2" * (len(bad_uid) - 2)
-    hostile.RescaleSlope = "1." + "0" * (len(bad_slope) - 2)
-    hostile_bytes = to_bytes(hostile)
-    for placeholder, bad in ((str(hostile.SOPInstanceUID).encode(), bad_uid), (str(hostile.RescaleSlope).encode(), bad_slope)):
-        assert placeholder in hostile_bytes
-        hostile_bytes = hostile_bytes.replace(placeholder, bad)
+    bad_uid = f"{PATIENT_NAME}-{PATIENT_ID}"
+    bad_slope = f"x{PATIENT_ID}"[:16]
+    placeholder_uid = "1." + "2" * (len(bad_uid) - 2)
+    placeholder_slope = "1." + "0" * (len(bad_slope) - 2)
+    hostile_uid = to_bytes(dicom_dataset(scan, sop_instance_uid=placeholder_uid))
+    hostile_slope = dicom_bytes(scan, slope=placeholder_slope, intercept=0.0)  # a DS string keeps its digits
+    hostile_uid = hostile_uid.replace(placeholder_uid.encode(), bad_uid.encode())
+    hostile_slope = hostile_slope.replace(placeholder_slope.encode(), bad_slope.encode())
+    assert bad_uid.encode() in hostile_uid and bad_slope.encode() in hostile_slope
     uploads = [
         ("req-good-dicom", good, 200),
         ("req-broken-dicom", broken, 422),
-        ("req-hostile-dicom", hostile_bytes, 422),
+        ("req-hostile-uid", hostile_uid, 200),  # scored; the UID is not echoed
+        ("req-hostile-slope", hostile_slope, 422),
         ("req-not-an-image", PATIENT_NAME.encode() * 10, 415),
     ]
     with httpx.Client(base_url=logged_server.url, timeout=30) as client:
@@ -118,6 +120,8 @@ def test_logs_are_json_lines_with_request_ids_and_no_patient_data(logged_server)
             )
             assert response.status_code == status, response.text
             assert response.headers["x-request-id"] == request_id
+            if status == 200:
+                assert response.json()["input"]["sop_instance_uid"] in (None, SOP_INSTANCE_UID)
         assert client.get("/live").status_code == 200
 
     log = logged_server.log()
