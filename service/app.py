@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.admission import Admission
 from service.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, load_api_keys
 from service.batching import MicroBatcher
 from service.errors import ServiceError, error_body
@@ -71,6 +72,7 @@ class ServiceState:
         self.model: Model | None = None
         self.predictor: Predictor | None = None
         self.metrics = Metrics()
+        self.admission = Admission(settings.max_in_flight or settings.max_queue + 2 * settings.max_batch)
         self.metrics.ready.set_function(lambda: float(self.readiness.ready))
 
     def drain(self) -> None:
@@ -134,13 +136,14 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     async def predict(request: Request) -> PredictionResponse:
         """Score one scan: multipart field `file`, or a raw PNG/JPEG/DICOM body."""
         predictor = _ready_predictor(state)
-        data = await read_upload(
-            request.headers.get("content-type"),
-            request.headers.get("content-length"),
-            request.stream(),
-            max_bytes=settings.max_upload_bytes,
-        )
-        prediction = await predictor.predict(data)
+        with state.admission.slot():
+            data = await read_upload(
+                request.headers.get("content-type"),
+                request.headers.get("content-length"),
+                request.stream(),
+                max_bytes=settings.max_upload_bytes,
+            )
+            prediction = await predictor.predict(data)
         return _prediction_response(prediction, predictor.model, request.state.request_id)
 
     @app.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})

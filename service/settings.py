@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         2.0, ge=0, description="How long a partly filled batch waits for more work, only when other requests are queued."
     )
     max_queue: int = Field(64, ge=1, description="Requests waiting for inference before new ones get 503 overloaded.")
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="/predict requests in progress at once (receiving, decoding, queued, inferring) before new ones "
+        "get 503 overloaded without their body being read; bounds memory. Default: max_queue + 2 x max_batch.",
+    )
     decode_threads: int | None = Field(
         None, ge=1, description="Threads that decode and preprocess uploads; default: the CPUs this process may use."
     )
