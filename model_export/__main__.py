@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--labels", type=Path, help="NIH Data_Entry_2017.csv, or a filename,label,patient_id CSV; images are found by name anywhere under --data")
     train.add_argument("--output", type=Path, required=True, help="run directory (config, split, checkpoints, history)")
     train.add_argument("--epochs", type=int, default=40, help="most epochs to train (also the schedule's length)")
-    train.add_argument("--max-minutes", type=float, help="stop before an epoch that would end past this many minutes of this invocation")
+    train.add_argument("--max-minutes", type=float, help="stop before an epoch that would end past this many minutes of this invocation (at least one epoch runs)")
     train.add_argument("--batch-size", type=int, default=16, help="images per optimiser step")
     train.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW peak learning rate of the one-cycle schedule")
     train.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")

@@ -28,6 +28,7 @@ from model_export.errors import DataError
 from model_export.network import build_network, predict_probabilities
 
 logger = logging.getLogger(__name__)
+BATCH_NORM_IMAGES = 512  # training images that re-estimate BatchNorm statistics after each epoch
 
 
 @dataclass
@@ -62,7 +63,11 @@ class TrainResult:
 
 
 def train(config: TrainConfig, *, max_minutes: float | None = None, resume: bool = False) -> TrainResult:
-    """Train (or resume) the run in `config.output`; `max_minutes` bounds this invocation."""
+    """Train (or resume) the run in `config.output`.
+
+    `max_minutes` bounds this invocation: an epoch starts only if the previous one suggests it
+    ends within the budget, and at least one epoch always runs, so resumed runs progress.
+    """
     started = time.monotonic()
     run = Path(config.output)
     if resume:
@@ -115,7 +120,7 @@ def train(config: TrainConfig, *, max_minutes: float | None = None, resume: bool
             stop_reason = f"no validation AUROC gain for {config.patience} epochs"
             break
         elapsed = time.monotonic() - started
-        if max_minutes is not None and elapsed + last_epoch_seconds > max_minutes * 60:
+        if max_minutes is not None and last_epoch_seconds and elapsed + last_epoch_seconds > max_minutes * 60:
             stop_reason = f"--max-minutes {max_minutes:g} reached"
             break
         epoch_started = time.monotonic()
@@ -138,6 +143,7 @@ def train(config: TrainConfig, *, max_minutes: float | None = None, resume: bool
             total_loss += loss.item() * len(indices)
             batches.set_postfix(loss=f"{loss.item():.3f}")
 
+        recalibrate_batch_norm(network, train_x, order[:BATCH_NORM_IMAGES], batch_size=config.batch_size, device=device)
         val_scores = predict_probabilities(network, val_x, device=device)
         val_auroc = float(roc_auc_score(val_y, val_scores))
         last_epoch_seconds = time.monotonic() - epoch_started
@@ -175,6 +181,29 @@ def train(config: TrainConfig, *, max_minutes: float | None = None, resume: bool
             last_epoch_seconds,
         )
     return TrainResult(state["best_epoch"], state["best_auroc"], state["epoch"], stop_reason)
+
+
+def recalibrate_batch_norm(
+    network: nn.Module, images: np.ndarray, indices: np.ndarray, *, batch_size: int, device: torch.device
+) -> None:
+    """Replace BatchNorm running statistics by exact averages over (un-augmented) training images.
+
+    The running averages lag the weights by the last few dozen steps; a small dataset gives a
+    model only a few steps per epoch, and the lag alone can ruin evaluation-mode predictions.
+    ("Precise BN", Wu & Johnson 2021.)
+    """
+    layers = [module for module in network.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the batches below
+    network.train()
+    with torch.no_grad():
+        for start in range(0, len(indices), batch_size):
+            batch = np.sort(indices[start : start + batch_size])
+            network(torch.from_numpy(images[batch]).to(device))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
 
 
 def new_split(config: TrainConfig) -> Split:

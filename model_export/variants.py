@@ -1,0 +1,156 @@
+"""Faster variants of an exported model: INT8 for CPUs, FP16 for CUDA; each offered only if its AUROC holds.
+
+- INT8: ONNX Runtime static quantization (QOperator format, per-channel int8 weights, uint8
+  activations), calibrated on training images that went through the service's own decode and
+  preprocess. QOperator ran faster than QDQ on CPU in our measurements (docs/performance.md).
+- FP16: weights and arithmetic in half precision for the CUDA provider, with float32 input
+  and output kept (`keep_io_types`), so the model contract's signature still holds.
+
+A variant is written next to its source as `<stem>.<variant>.onnx` (what `CXR_MODEL_VARIANT`
+serves) only when its AUROC on the evaluation images is within `AUROC_TOLERANCE` of the FP32
+model's, measured in the same run; its metadata carries the contract of the source plus both
+AUROCs. A variant that misses the tolerance is not written, and a stale one is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+from sklearn.metrics import roc_auc_score
+
+from service.model import INPUT_NAME, ProviderPolicy, load_model
+from service.settings import variant_path
+
+Variant = Literal["int8", "fp16"]
+VARIANTS: tuple[Variant, ...] = ("int8", "fp16")
+AUROC_TOLERANCE = 0.005
+EVALUATION_BATCH = 16
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    """What happened to one variant: its AUROC next to FP32's, and whether it is offered."""
+
+    variant: str
+    auroc: float
+    fp32_auroc: float
+    images: int
+    offered: bool
+    path: str | None
+
+    @property
+    def auroc_drop(self) -> float:
+        return self.fp32_auroc - self.auroc
+
+
+def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> Path:
+    """Static INT8 quantization calibrated on preprocessed images, float32 [N, 1, 256, 256]."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches: Iterator[np.ndarray] = iter(np.split(calibration, len(calibration)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared))  # shape inference + folding, as ORT recommends
+        quantize_static(
+            str(prepared),
+            str(target),
+            Reader(),
+            quant_format=QuantFormat.QOperator,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    return target
+
+
+def convert_fp16(source: Path, target: Path) -> Path:
+    """Half-precision weights and arithmetic, float32 input and output (the contract's signature)."""
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+    return target
+
+
+def scores(model_path: Path, tensors: np.ndarray, *, policy: ProviderPolicy) -> np.ndarray:
+    """Effusion probabilities of `tensors` through the service's own model loader."""
+    model = load_model(model_path, policy=policy)
+    batches = [model.predict(np.ascontiguousarray(tensors[i : i + EVALUATION_BATCH])) for i in range(0, len(tensors), EVALUATION_BATCH)]
+    return np.concatenate(batches).astype(np.float64)
+
+
+def build_variant(
+    source: Path,
+    variant: Variant,
+    *,
+    calibration: np.ndarray,
+    evaluation: np.ndarray,
+    labels: np.ndarray,
+    policy: ProviderPolicy = "cpu",
+    tolerance: float = AUROC_TOLERANCE,
+) -> VariantReport:
+    """Build one variant next to `source`; keep it only if its AUROC is within `tolerance` of FP32's."""
+    target = variant_path(source, variant)
+    fp32_auroc = float(roc_auc_score(labels, scores(source, evaluation, policy=policy)))
+    with tempfile.TemporaryDirectory(dir=source.parent) as scratch:
+        candidate = Path(scratch) / target.name
+        if variant == "int8":
+            quantize_int8(source, candidate, calibration)
+        else:
+            convert_fp16(source, candidate)
+        auroc = float(roc_auc_score(labels, scores(candidate, evaluation, policy=policy)))
+        offered = fp32_auroc - auroc <= tolerance
+        report = VariantReport(variant, auroc, fp32_auroc, len(labels), offered, str(target) if offered else None)
+        if offered:
+            write_metadata(candidate, source, report)
+            candidate.replace(target)
+        else:
+            target.unlink(missing_ok=True)  # never leave a stale variant that no longer qualifies
+    return report
+
+
+def write_metadata(candidate: Path, source: Path, report: VariantReport) -> None:
+    """Copy the source's contract into the variant and add what the variant is and how it scored."""
+    contract = {prop.key: prop.value for prop in onnx.load(str(source), load_external_data=False).metadata_props}
+    model = onnx.load(str(candidate))
+    variant: dict[str, Any] = {
+        key: value for key, value in asdict(report).items() if key in ("variant", "auroc", "fp32_auroc", "images")
+    }
+    variant["source_sha256"] = hashlib.sha256(source.read_bytes()).hexdigest()
+    variant["auroc_tolerance"] = AUROC_TOLERANCE
+    contract["variant"] = json.dumps(variant, sort_keys=True)
+    onnx.helper.set_model_props(model, contract)
+    onnx.save(model, str(candidate))
+
+
+def build_run_variants(
+    run: Path, model: Path, variants: tuple[Variant, ...] = VARIANTS, *, calibration_images: int = 64
+) -> list[VariantReport]:
+    """Variants of `model`, calibrated on the run's training images and evaluated on its test split."""
+    from model_export.train import load_split_tensors, read_config, read_split
+
+    split = read_split(run)
+    train, test = load_split_tensors(split, read_config(run), ["train", "test"])
+    rng = np.random.default_rng(split.seed)
+    calibration = train[np.sort(rng.choice(len(train), size=min(calibration_images, len(train)), replace=False))]
+    labels = np.array([sample.label for sample in split.test])
+    return [
+        build_variant(model, variant, calibration=np.asarray(calibration), evaluation=test, labels=labels)
+        for variant in variants
+    ]
