@@ -12,7 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from tests.conftest import make_settings, png_bytes, wait_ready
-from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, SOP_INSTANCE_UID, dicom_bytes, dicom_dataset, to_bytes
+from tests.dicom_factory import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    SOP_INSTANCE_UID,
+    dicom_bytes,
+    dicom_dataset,
+    to_bytes,
+)
 from tests.live_server import running_service
 
 SCAN = png_bytes(((np.add.outer(np.arange(300), np.arange(300)) * 7) % 256).astype(np.uint8))
