@@ -82,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |torch - ONNX Runtime| probability difference")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset (at least 17)")
 
+    variants = commands.add_parser(
+        "variants",
+        help="write INT8 (CPU) and FP16 (CUDA) variants of an exported model, if their AUROC holds",
+        description="Quantize (INT8, calibrated on the run's training images) or halve (FP16) an exported model, "
+        "evaluate it on the run's test split next to FP32, and write <stem>.<variant>.onnx only when its AUROC "
+        "is within 0.005 of FP32's; served with CXR_MODEL_VARIANT.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    variants.add_argument("run", type=Path, help="run directory written by train (its split and cached tensors)")
+    variants.add_argument("--model", type=Path, required=True, help="the FP32 ONNX file written by export")
+    variants.add_argument("--variant", choices=["int8", "fp16"], action="append", help="variant to build (repeatable; default: both)")
+    variants.add_argument("--calibration-images", type=int, default=64, help="training images used to calibrate INT8")
+
     synth = commands.add_parser(
         "synth",
         help="write synthetic phantoms in the class-folder layout",
@@ -163,6 +176,15 @@ def run_export(args: argparse.Namespace) -> None:
     )
 
 
+def run_variants(args: argparse.Namespace) -> None:
+    from model_export.variants import VARIANTS, build_run_variants
+
+    chosen = tuple(args.variant) if args.variant else VARIANTS
+    for report in build_run_variants(args.run, args.model, chosen, calibration_images=args.calibration_images):
+        verdict = f"wrote {report.path}" if report.offered else "NOT offered (AUROC moved more than 0.005)"
+        print(f"{report.variant}: AUROC {report.auroc:.4f} vs FP32 {report.fp32_auroc:.4f} on {report.images} test images: {verdict}")
+
+
 def run_synth(args: argparse.Namespace) -> None:
     from model_export.synthetic import write_dataset
 
@@ -170,7 +192,7 @@ def run_synth(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} synthetic phantoms under {args.output}")
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "export": run_export, "synth": run_synth}
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "export": run_export, "variants": run_variants, "synth": run_synth}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@
 
 A variant is written next to its source as `<stem>.<variant>.onnx` (what `CXR_MODEL_VARIANT`
 serves) only when its AUROC on the evaluation images is within `AUROC_TOLERANCE` of the FP32
-model's, measured in the same run; its metadata carries the contract of the source plus both
+model's (either way), measured in the same run; its metadata carries the contract of the source plus both
 AUROCs. A variant that misses the tolerance is not written, and a stale one is removed.
 """
 
@@ -115,7 +115,7 @@ def build_variant(
         else:
             convert_fp16(source, candidate)
         auroc = float(roc_auc_score(labels, scores(candidate, evaluation, policy=policy)))
-        offered = fp32_auroc - auroc <= tolerance
+        offered = abs(auroc - fp32_auroc) <= tolerance  # a variant that scores differently is not the same model
         report = VariantReport(variant, auroc, fp32_auroc, len(labels), offered, str(target) if offered else None)
         if offered:
             write_metadata(candidate, source, report)

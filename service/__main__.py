@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         model = load_model(
-            settings.model_path,
+            settings.model_file,
             policy=settings.execution_provider,
             intra_op_threads=settings.intra_op_threads or available_cpus(),
         )

@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threads = settings.intra_op_threads or available_cpus()
         loaded = model or await anyio.to_thread.run_sync(
-            lambda: load_model(settings.model_path, policy=settings.execution_provider, intra_op_threads=threads)
+            lambda: load_model(settings.model_file, policy=settings.execution_provider, intra_op_threads=threads)
         )
         batcher = MicroBatcher(
             loaded.predict,
@@ -97,12 +97,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             max_delay_s=settings.max_delay_ms / 1000.0,
             max_queue=settings.max_queue,
         )
-        predictor = Predictor(
-            loaded,
-            batcher,
-            decode_threads=settings.decode_threads or available_cpus(),
-            max_pixels=settings.max_pixels,
-        )
+        predictor = Predictor.from_settings(loaded, batcher, settings)
         state.model, state.predictor = loaded, predictor
         state.metrics.watch(batcher, loaded)
         problem = loaded.provider_problem(settings.execution_provider)
@@ -210,6 +205,8 @@ async def _warm_up(state: ServiceState, model: Model) -> None:
     try:
         sizes = list(range(1, settings.max_batch + 1))
         await anyio.to_thread.run_sync(lambda: model.warm_up(sizes, settings.warmup_runs))
+        if state.predictor is not None:
+            await anyio.to_thread.run_sync(state.predictor.start_decoders)
     except Exception as error:
         logger.error("warm-up failed: %s", error)
         state.readiness.set("failed", f"warm-up failed: {type(error).__name__}")

@@ -22,7 +22,6 @@ import numpy as np
 from PIL import Image
 
 from service.batching import MicroBatcher
-from service.errors import ServiceError
 from service.model import Model
 from service.prepare import Prepared, ScanFacts, prepare
 from service.resources import available_cpus
@@ -67,34 +66,22 @@ def decode_pool(workers: int, *, processes: bool) -> Executor:
 
 
 class Predictor:
-    """Async scoring with admission control: at most `max_in_flight` requests in progress at once.
+    """Async scoring: decode + preprocess on a pool, inference through the micro-batcher.
 
-    Counting every admitted request, not only those queued for inference, keeps a decode
-    backlog from growing without bound: past the limit a request gets 503 `overloaded` with
-    `Retry-After` at once instead of a slow answer after its client has given up.
+    Requests in progress are bounded before this (service/admission.py), so the decode pool's
+    backlog is bounded too.
     """
 
-    def __init__(
-        self,
-        model: Model,
-        batcher: MicroBatcher,
-        *,
-        decoders: Executor,
-        workers: int,
-        max_pixels: int,
-        max_in_flight: int,
-    ) -> None:
+    def __init__(self, model: Model, batcher: MicroBatcher, *, decoders: Executor, workers: int, max_pixels: int) -> None:
         self.model = model
         self.batcher = batcher
         self.max_pixels = max_pixels
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
         self._decoders = decoders
         self._workers = workers
 
     @classmethod
     def from_settings(cls, model: Model, batcher: MicroBatcher, settings: Settings) -> Predictor:
-        """Size the decode pool and the admission limit from the settings."""
+        """Threads (CXR_DECODE_THREADS) or processes (CXR_DECODE_PROCESSES) for decoding, from the settings."""
         processes = settings.decode_processes > 0
         workers = settings.decode_processes if processes else settings.decode_threads or available_cpus()
         return cls(
@@ -103,22 +90,10 @@ class Predictor:
             decoders=decode_pool(workers, processes=processes),
             workers=workers,
             max_pixels=settings.max_pixels,
-            # being decoded (one per worker) + in the running batch + waiting (CXR_MAX_QUEUE)
-            max_in_flight=workers + settings.max_batch + settings.max_queue,
         )
 
     async def predict(self, data: bytes) -> Prediction:
-        if self.in_flight >= self.max_in_flight:
-            raise ServiceError(
-                "overloaded", f"{self.max_in_flight} requests are already in progress; retry shortly", retry_after=1
-            )
-        self.in_flight += 1
-        try:
-            return await self._predict(data)
-        finally:
-            self.in_flight -= 1
-
-    async def _predict(self, data: bytes) -> Prediction:
+        """Decode off the event loop, then wait for this scan's share of a batch."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._decoders, partial(prepare, data, self.max_pixels))

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
 
     # Model and execution
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="ONNX model file to serve.")
+    model_variant: Literal["fp32", "int8", "fp16"] = Field(
+        "fp32",
+        description="fp32 serves CXR_MODEL_PATH; int8 (CPU) or fp16 (CUDA) serve its sibling <stem>.<variant>.onnx "
+        "written by `python -m model_export variants`.",
+    )
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto",
         description="auto: CUDA if it really works, else CPU. cuda: not ready unless CUDA is active. cpu: CPU only.",
@@ -44,6 +49,12 @@ class Settings(BaseSettings):
     )
     decode_threads: int | None = Field(
         None, ge=1, description="Threads that decode and preprocess uploads; default: the CPUs this process may use."
+    )
+    decode_processes: int = Field(
+        0,
+        ge=0,
+        description="Worker processes that decode and preprocess uploads instead of threads; 0: threads. "
+        "Use about one per core on many-core (GPU) hosts, where threads serialise on the GIL.",
     )
 
     # Input limits
@@ -82,3 +93,15 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one JSON object per line (for log collectors); text: for a terminal."
     )
+
+    @property
+    def model_file(self) -> Path:
+        """The file actually served: `model_path`, or its sibling of the chosen variant."""
+        return variant_path(self.model_path, self.model_variant)
+
+
+def variant_path(model_path: Path, variant: str) -> Path:
+    """`models/x.onnx` -> `models/x.int8.onnx`; fp32 is the file itself."""
+    if variant == "fp32":
+        return model_path
+    return model_path.with_name(f"{model_path.stem}.{variant}{model_path.suffix}")
