@@ -17,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.admission import Admission
-from service.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, load_api_keys
+from service.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, document_security, load_api_keys
 from service.batching import MicroBatcher
 from service.errors import ServiceError, error_body
 from service.metrics import Metrics
@@ -187,6 +187,7 @@ def _add_middleware(app: FastAPI, state: ServiceState) -> None:
     if keys:
         open_paths = PROBE_PATHS | {"/metrics"} if settings.metrics_public else PROBE_PATHS
         app.add_middleware(ApiKeyMiddleware, checker=KeyChecker(keys), open_paths=open_paths)
+        app.openapi_schema = document_security(app.openapi(), open_paths)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:
         app.add_middleware(

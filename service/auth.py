@@ -13,6 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -70,6 +71,19 @@ def presented_key(headers: Headers) -> str | None:
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     return None
+
+
+def document_security(schema: dict[str, Any], open_paths: frozenset[str]) -> dict[str, Any]:
+    """Declare both key schemes in an OpenAPI schema, so clients and Swagger UI know to send one."""
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    schema["security"] = [{"bearer": []}, {"apiKey": []}]
+    for path in open_paths & schema.get("paths", {}).keys():
+        for operation in schema["paths"][path].values():
+            operation["security"] = []  # probes need no key
+    return schema
 
 
 def _digest(key: str) -> bytes:

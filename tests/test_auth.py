@@ -141,3 +141,12 @@ def test_cors_allows_only_configured_origins_and_precedes_auth(mean_model: Path)
         assert allowed.headers["access-control-allow-origin"] == "https://viewer.example.org"
         refused = client.options("/predict", headers={"Origin": "https://evil.example.com", **request})
         assert "access-control-allow-origin" not in refused.headers
+
+
+def test_openapi_declares_the_key_schemes_when_keys_are_set(locked: TestClient, client: TestClient) -> None:
+    schema = locked.get("/openapi.json", headers={"X-API-Key": KEY}).json()
+    assert set(schema["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert schema["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert schema["paths"]["/live"]["get"]["security"] == []
+    assert "security" not in schema["paths"]["/predict"]["post"]  # the global requirement applies
+    assert "security" not in client.get("/openapi.json").json()  # auth off: nothing declared
