@@ -37,6 +37,7 @@ from service.schemas import (
     Timing,
 )
 from service.settings import Settings
+from service.ui import UI_PATHS, add_ui_routes
 from service.uploads import read_upload
 
 logger = logging.getLogger("service")
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         """Prometheus exposition of this app's registry."""
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
+    add_ui_routes(app)
     _add_middleware(app, state)
     return app
 
@@ -185,7 +187,9 @@ def _add_middleware(app: FastAPI, state: ServiceState) -> None:
     settings = state.settings
     keys = load_api_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file)
     if keys:
-        open_paths = PROBE_PATHS | {"/metrics"} if settings.metrics_public else PROBE_PATHS
+        open_paths = PROBE_PATHS | UI_PATHS  # the page holds no data; its calls to /predict carry the key
+        if settings.metrics_public:
+            open_paths |= {"/metrics"}
         app.add_middleware(ApiKeyMiddleware, checker=KeyChecker(keys), open_paths=open_paths)
         app.openapi_schema = document_security(app.openapi(), open_paths)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
