@@ -4,7 +4,7 @@
 #   docker build --target gpu -t cxr-effusion:gpu .     # onnxruntime-gpu + CUDA 13 / cuDNN 9 wheels
 #
 # Offline (air-gapped) builds: fill a wheelhouse with deploy/wheelhouse.sh, then add
-# `--build-arg WHEELHOUSE=wheelhouse` (any folder of the build context); pip then never
+# `--build-arg WHEELHOUSE=wheelhouse` (a folder of the build context); pip then never
 # touches an index. Without it, pip installs from PIP_INDEX_URL.
 # Only instructions that both the classic builder and BuildKit understand are used (no RUN
 # --mount, no heredocs), so hosts without buildx build it too. Stages are ordered so that the
@@ -21,17 +21,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
-# The build context (.dockerignore lets in only the project, the models and a wheelhouse) and
-# an empty virtual environment at the path the runtime stages use.
+# The project's metadata and an empty virtual environment at the path the runtime stages use.
+# README* rather than README.md: a checkout without it still builds.
 FROM python-base AS source
 WORKDIR /src
-COPY . .
+COPY pyproject.toml README* ./
+COPY deploy/docker/install-venv.sh deploy/docker/
 RUN python3 -m venv /opt/venv
 
+# Dependencies first (cached until pyproject.toml or the wheelhouse changes), then the code.
+# COPY needs a source even when building from an index: pyproject.toml stands in, and pip never
+# looks in /wheelhouse then.
 FROM source AS cpu-venv
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG WHEELHOUSE=
-RUN deploy/docker/install-venv.sh cpu
+COPY ${WHEELHOUSE:-pyproject.toml} /wheelhouse/
+RUN deploy/docker/install-venv.sh dependencies cpu
+COPY service/ service/
+RUN deploy/docker/install-venv.sh project
 
 # What both runtime targets share: no compilers, no pip, no caches; a non-root user that owns
 # nothing it could rewrite; the default model baked in (mount another and set CXR_MODEL_PATH).
@@ -53,9 +60,10 @@ EXPOSE 8000
 # covers loading and warm-up. Kubernetes ignores HEALTHCHECK and probes /ready and /live itself.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python3", "/opt/cxr-effusion/healthcheck.py"]
-# uvicorn drains in-flight requests on SIGTERM (CXR_DRAIN_TIMEOUT_S). The exec-form entrypoint
-# makes Python PID 1, so the signal reaches the server directly; the service starts no child
-# processes, so there are no zombies for an init to reap.
+# On SIGTERM the service says "draining" (CXR_DRAIN_DELAY_S), then uvicorn finishes in-flight
+# requests (CXR_DRAIN_TIMEOUT_S). The exec-form entrypoint makes Python PID 1, so the signal
+# reaches the server itself, not a shell; its only children (CXR_DECODE_PROCESSES workers) are
+# waited for by their pool, so there are no orphans for an init to reap.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["python3", "-m", "service"]
 # OCI labels last, so a new revision or model version rebuilds no earlier layer.
@@ -82,7 +90,10 @@ LABEL io.cxr-effusion.variant="cpu"
 FROM source AS gpu-venv
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG WHEELHOUSE=
-RUN deploy/docker/install-venv.sh gpu
+COPY ${WHEELHOUSE:-pyproject.toml} /wheelhouse/
+RUN deploy/docker/install-venv.sh dependencies gpu
+COPY service/ service/
+RUN deploy/docker/install-venv.sh project
 
 # CUDA and cuDNN come from the nvidia-* wheels (onnxruntime.preload_dlls() loads them); the host's
 # driver comes in through the NVIDIA container toolkit. The service refuses readiness when CUDA

@@ -6,8 +6,10 @@ Standard library only, so it runs on any host (CI, a gateway box, an operator's 
     python3 deploy/check_service.py predict http://127.0.0.1:8000 scan.png --provider CPUExecutionProvider
     python3 deploy/check_service.py predict http://127.0.0.1:8000 scan.png --upload-seconds 4
 
-`--upload-seconds` trickles the upload so that the request is still in flight seconds later,
-which is how .ci/container-test proves that SIGTERM lets in-flight requests finish.
+With API keys on (CXR_API_KEYS), put one in the environment as CXR_API_KEY, as for the
+project's client; /ready needs none. `--upload-seconds` trickles the upload so that the request
+is still in flight seconds later, which is how .ci/container-test proves that SIGTERM lets
+in-flight requests finish.
 Exit status 0 when every check passes; each failure is one line on stderr.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import sys
 import time
 import uuid
@@ -71,7 +74,9 @@ def multipart_body(field: str, filename: str, content: bytes) -> tuple[bytes, st
     return head + content + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def post_scan(base_url: str, scan: Path, upload_seconds: float, timeout: float) -> tuple[int, Any]:
+def post_scan(
+    base_url: str, scan: Path, upload_seconds: float, timeout: float, api_key: str | None = None
+) -> tuple[int, Any]:
     """POST the scan to /predict, spreading the upload over `upload_seconds` (0: all at once)."""
     body, content_type = multipart_body("file", "scan" + scan.suffix, scan.read_bytes())
     connection = connect(base_url, timeout)
@@ -79,6 +84,8 @@ def post_scan(base_url: str, scan: Path, upload_seconds: float, timeout: float) 
         connection.putrequest("POST", "/predict")
         connection.putheader("Content-Type", content_type)
         connection.putheader("Content-Length", str(len(body)))
+        if api_key:
+            connection.putheader("Authorization", f"Bearer {api_key}")
         connection.endheaders()
         chunks = 20 if upload_seconds > 0 else 1
         size = -(-len(body) // chunks)
@@ -135,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--upload-seconds", type=float, default=0.0, help="spread the upload over this long")
     predict.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
+    api_key = os.environ.get("CXR_API_KEY")
 
     if args.command == "ready":
         print(f"ready after {wait_ready(args.url, args.timeout):.1f} s")
         return 0
-    status, body = post_scan(args.url, args.scan, args.upload_seconds, args.timeout)
+    status, body = post_scan(args.url, args.scan, args.upload_seconds, args.timeout, api_key)
     problems = prediction_problems(status, body, args.provider, args.sha256)
     for problem in problems:
         print(problem, file=sys.stderr)

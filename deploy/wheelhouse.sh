@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Download every wheel the image needs, for builds that must not reach an index:
+# Download every wheel the image needs into wheelhouse/, for builds that must not reach an index:
 #
-#   deploy/wheelhouse.sh cpu [gpu]      # then: docker build --build-arg WHEELHOUSE=wheelhouse ...
+#   deploy/wheelhouse.sh cpu            # then: docker build --target cpu --build-arg WHEELHOUSE=wheelhouse ...
+#   deploy/wheelhouse.sh cpu gpu        # for --target gpu (+1.6 GB of CUDA and cuDNN wheels; the classic
+#                                       # builder builds the cpu stages on the way, BuildKit needs only gpu)
 #
 # Run from the repository root on any host with pip and access to an index (or a mirror pip is
 # configured for). The wheels are for the container's Python, not the host's: CPython
@@ -13,20 +15,19 @@ if [ "$#" -eq 0 ]; then
     echo "usage: deploy/wheelhouse.sh cpu|gpu [cpu|gpu]" >&2
     exit 2
 fi
+requirements=(setuptools)  # the project's build backend, for the wheel the image build makes of it
+for flavour in "$@"; do
+    case "$flavour" in
+        cpu | gpu) requirements+=(".[$flavour]") ;;
+        *) echo "unknown flavour $flavour: cpu or gpu" >&2; exit 2 ;;
+    esac
+done
 dest=${CXR_WHEELHOUSE:-wheelhouse}
-python_version=${CXR_WHEEL_PYTHON:-3.11}
 platforms=()
 for minor in $(seq 5 "${CXR_WHEEL_GLIBC_MINOR:-36}"); do
     platforms+=(--platform "manylinux_2_${minor}_x86_64")
 done
-requirements=(setuptools)  # the project's build backend, for the in-image wheel build
-for flavour in "$@"; do
-    case "$flavour" in
-        cpu | gpu) requirements+=(".[$flavour]") ;;
-        *) echo "unknown flavour: $flavour (cpu or gpu)" >&2; exit 2 ;;
-    esac
-done
 mkdir -p "$dest"
 "${PYTHON:-python3}" -m pip download --quiet --only-binary=:all: --implementation cp \
-    --python-version "$python_version" "${platforms[@]}" --dest "$dest" "${requirements[@]}"
+    --python-version "${CXR_WHEEL_PYTHON:-3.11}" "${platforms[@]}" --dest "$dest" "${requirements[@]}"
 echo "wheelhouse: $(find "$dest" -name '*.whl' | wc -l) wheels, $(du -sh "$dest" | cut -f1) in $dest"

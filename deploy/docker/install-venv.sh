@@ -1,13 +1,31 @@
 #!/bin/sh
-# Install the project with one ONNX Runtime flavour (`cpu` or `gpu` extra) into /opt/venv, from
-# the wheelhouse folder named by WHEELHOUSE (offline, no index at all) or else from PIP_INDEX_URL.
-# Then remove pip and setuptools: the runtime image installs nothing.
+# Fill /opt/venv in two steps, so that a change to the code does not reinstall the dependencies:
+#
+#   install-venv.sh dependencies cpu|gpu   # while /src holds only pyproject.toml: the extra's dependencies
+#   install-venv.sh project                # after the code is copied in: the project, then pip goes
+#
+# Packages come from /wheelhouse when WHEELHOUSE is set (offline: no index at all), else from
+# PIP_INDEX_URL. The runtime image installs nothing, so pip and setuptools are removed at the end.
 set -eu
-flavour="$1"
 if [ -n "${WHEELHOUSE:-}" ]; then
-    set -- --no-index --find-links "/src/${WHEELHOUSE}"
+    set -- "$@" --no-index --find-links /wheelhouse
 else
-    set -- --index-url "${PIP_INDEX_URL:?PIP_INDEX_URL or WHEELHOUSE must be set}"
+    set -- "$@" --index-url "${PIP_INDEX_URL:?PIP_INDEX_URL or WHEELHOUSE must be set}"
 fi
-/opt/venv/bin/pip install --no-cache-dir "$@" "/src[${flavour}]"
-/opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
+step="$1"
+shift
+case "$step" in
+    dependencies)
+        flavour="$1"
+        shift
+        /opt/venv/bin/pip install --no-cache-dir "$@" "/src[${flavour}]"
+        ;;
+    project)
+        /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall "$@" /src
+        /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
+        ;;
+    *)
+        echo "usage: install-venv.sh dependencies cpu|gpu | project" >&2
+        exit 2
+        ;;
+esac

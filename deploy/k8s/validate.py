@@ -80,7 +80,7 @@ def selects(target: dict[str, str], obj: dict[str, Any]) -> bool:
 
 
 def grace_problems(obj: dict[str, Any]) -> list[str]:
-    """A Deployment whose grace period does not cover preStop sleep + CXR_DRAIN_TIMEOUT_S."""
+    """A Deployment whose grace period does not cover preStop sleep + the service's drain delay and timeout."""
     if obj.get("kind") != "Deployment":
         return []
     pod = obj["spec"]["template"]["spec"]
@@ -88,7 +88,8 @@ def grace_problems(obj: dict[str, Any]) -> list[str]:
     problems = []
     for container in pod["containers"]:
         env = {item["name"]: item.get("value") for item in container.get("env", [])}
-        drain = float(env.get("CXR_DRAIN_TIMEOUT_S") or 20.0)
+        # The service's defaults (service/settings.py) when the manifest leaves them out.
+        drain = float(env.get("CXR_DRAIN_DELAY_S") or 2.0) + float(env.get("CXR_DRAIN_TIMEOUT_S") or 20.0)
         pause = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
         if grace <= pause + drain:
             problems.append(
