@@ -1,9 +1,10 @@
-"""`python -m model_export train|evaluate|export|synth`: the offline road from images to a served model.
+"""`python -m model_export train|evaluate|export|variants|synth`: the offline road from images to a served model.
 
     python -m model_export synth data/synthetic --count 40
     python -m model_export train --data data/synthetic --output runs/demo
     python -m model_export evaluate runs/demo
     python -m model_export export runs/demo --output models/demo.onnx
+    python -m model_export variants runs/demo --model models/demo.onnx
 
 Heavy libraries are imported by the command that needs them, so `--help` stays quick.
 """
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "variants",
         help="write INT8 (CPU) and FP16 (CUDA) variants of an exported model, if their AUROC holds",
         description="Quantize (INT8, calibrated on the run's training images) or halve (FP16) an exported model, "
-        "evaluate it on the run's test split next to FP32, and write <stem>.<variant>.onnx only when its AUROC "
+        "evaluate it on the run's validation and test splits next to FP32, and write <stem>.<variant>.onnx only when its AUROC "
         "is within 0.005 of FP32's; served with CXR_MODEL_VARIANT.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -182,7 +183,7 @@ def run_variants(args: argparse.Namespace) -> None:
     chosen = tuple(args.variant) if args.variant else VARIANTS
     for report in build_run_variants(args.run, args.model, chosen, calibration_images=args.calibration_images):
         verdict = f"wrote {report.path}" if report.offered else "NOT offered (AUROC moved more than 0.005)"
-        print(f"{report.variant}: AUROC {report.auroc:.4f} vs FP32 {report.fp32_auroc:.4f} on {report.images} test images: {verdict}")
+        print(f"{report.variant}: AUROC {report.auroc:.4f} vs FP32 {report.fp32_auroc:.4f} on {report.images} held-out images: {verdict}")
 
 
 def run_synth(args: argparse.Namespace) -> None:
