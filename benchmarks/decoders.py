@@ -1,0 +1,74 @@
+"""Decoders and area-averaging recipes compared on real NIH PNGs, one thread; prints a Markdown table.
+
+    python -m benchmarks.decoders
+
+OpenCV and pyspng are measured only when installed (`pip install opencv-python-headless pyspng`):
+they are candidates that were not chosen, not dependencies (docs/performance.md says why).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import imagecodecs
+import numpy as np
+from PIL import Image
+
+from benchmarks.naive_recipe import naive_tensor
+from benchmarks.run import DEFAULT_DATA, MAX_PIXELS, nih_scans
+from service.prepare import prepare
+from service.preprocessing import preprocess
+
+
+def best_ms(function: Callable[[Any], object], argument: Any, repeats: int = 7) -> float:
+    """The fastest of `repeats` runs: the cost without other processes' interference."""
+    fastest = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function(argument)
+        fastest = min(fastest, time.perf_counter() - started)
+    return fastest * 1000.0
+
+
+def literal_recipe(pixels: np.ndarray) -> np.ndarray:
+    scaled = (pixels.astype(np.float32) - pixels.min()) / (pixels.max() - pixels.min())
+    return scaled.reshape(256, 4, 256, 4).mean(axis=(1, 3))
+
+
+def main() -> None:
+    scans = nih_scans(DEFAULT_DATA, 20)
+    pixels = [imagecodecs.png_decode(scan) for scan in scans]
+    candidates: list[tuple[str, Callable[[Any], object], list[Any]]] = [
+        ("decode: Pillow `np.asarray(Image.open(...))`", lambda d: np.asarray(Image.open(io.BytesIO(d))), scans),
+        ("decode: imagecodecs `png_decode` (libpng + zlib-ng) - chosen", imagecodecs.png_decode, scans),
+    ]
+    if importlib.util.find_spec("cv2"):
+        import cv2
+
+        cv2.setNumThreads(1)
+        candidates.append(("decode: OpenCV `cv2.imdecode`", lambda d: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_UNCHANGED), scans))
+        candidates.append(("area: OpenCV `INTER_AREA` on uint8 (rounds to uint8: not the contract)", lambda a: cv2.resize(a, (256, 256), interpolation=cv2.INTER_AREA), pixels))
+    if importlib.util.find_spec("pyspng"):
+        import pyspng
+
+        candidates.append(("decode: pyspng (libspng)", pyspng.load, scans))
+    candidates += [
+        ("preprocess: literal recipe (float32 min-max, reshape-mean)", literal_recipe, pixels),
+        ("preprocess: integer `reshape(...).sum(axis=(1, 3))`", lambda a: a.reshape(256, 4, 256, 4).sum(axis=(1, 3), dtype=np.uint32), pixels),
+        ("area: Pillow `reduce(4)` (rounds to uint8: not the contract)", lambda a: Image.fromarray(a).reduce(4), pixels),
+        ("preprocess: service (row adds, then column adds, + one affine map) - chosen", preprocess, pixels),
+        ("decode + preprocess: Pillow + literal recipe (the baselines)", naive_tensor, scans),
+        ("decode + preprocess: service (`service.prepare.prepare`)", lambda d: prepare(d, MAX_PIXELS), scans),
+    ]
+    print("| step (one thread; fastest of 7 per scan, median over 20 scans) | ms |\n|---|---|")
+    for name, function, arguments in candidates:
+        print(f"| {name} | {statistics.median(best_ms(function, argument) for argument in arguments):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
