@@ -35,12 +35,11 @@ def test_real_nih_scan_matches_pillow(nih_png: Path) -> None:
     np.testing.assert_array_equal(decoded.pixels, pillow_pixels(data))
 
 
-def test_16_bit_is_preserved() -> None:
+def test_16_bit_is_left_to_pillow() -> None:
+    # libspng cannot output 16-bit grayscale; imagecodecs' libpng could, but leaks on corrupt files.
     pixels = np.random.default_rng(0).integers(0, 4096, size=(300, 400)).astype(np.uint16)
     data = encode(Image.fromarray(pixels))
-    fast = decode_grayscale_png(data, header(data))
-    assert fast is not None and fast.dtype == np.uint16 and fast.dtype.isnative
-    np.testing.assert_array_equal(fast, pixels)
+    assert decode_grayscale_png(data, header(data)) is None
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from service.errors import ServiceError
+from service.imaging import decode
 from tests.conftest import encode, png_bytes
 from tests.dicom_factory import dicom_bytes
 from tests.hostile_inputs import (
@@ -250,3 +252,26 @@ def test_a_request_just_under_the_limit_is_served(small_limit_server: str) -> No
     assert len(data) < MAX_UPLOAD
     response = httpx.post(f"{small_limit_server}/predict", content=io.BytesIO(data).read(), headers={"Content-Type": "image/png"})
     assert response.status_code == 200, response.text
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("VmRSS not found")
+
+
+def test_broken_files_do_not_leak_memory() -> None:
+    """Refusing a broken file frees everything: a decoder that leaks on errors is a denial of service."""
+    good = png_bytes(scan())
+    broken = [corrupt_png(), good[: len(good) // 2], truncated_jpeg()]
+    for data in broken:  # warm-up: allocator pools, lazy imports
+        for _ in range(200):
+            with pytest.raises(ServiceError):
+                decode(data, max_pixels=25_000_000)
+    before = rss_mib()
+    for _ in range(1500):
+        for data in broken:
+            with pytest.raises(ServiceError):
+                decode(data, max_pixels=25_000_000)
+    assert rss_mib() - before < 4.0, f"RSS grew {rss_mib() - before:.1f} MiB over 4500 refused files"
