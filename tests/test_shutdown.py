@@ -43,20 +43,27 @@ def test_sigterm_turns_ready_503_at_once_and_refuses_new_work(mean_model: Path, 
         assert "draining" in server.log()
 
 
-def trickled(data: bytes, seconds: float, pieces: int = 20) -> Iterator[bytes]:
-    """A request body that arrives slowly: the request stays in flight for `seconds`."""
+def held_back(data: bytes, release: threading.Event, pieces: int = 40) -> Iterator[bytes]:
+    """A request body that stalls half-way until `release` is set: the request stays in flight."""
     size = -(-len(data) // pieces)
-    for start in range(0, len(data), size):
+    for index, start in enumerate(range(0, len(data), size)):
+        if index == pieces // 2:
+            assert release.wait(timeout=30)
         yield data[start : start + size]
-        time.sleep(seconds / pieces)
+        time.sleep(0.01)
+
+
+def in_flight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("cxr_http_requests_in_flight ")))
 
 
 def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png: Path) -> None:
     """Every request either completes (200) or is refused cleanly (503); none is cut mid-flight.
 
     Clients behave like a load balancer: they stop sending once they have seen the service
-    draining. A slow upload straddles the listener closing, so uvicorn's own wait for
-    in-flight requests is exercised too.
+    draining. An upload held back half-way straddles the listener closing, so uvicorn's own
+    wait for in-flight requests is exercised too.
     """
     scan = nih_png.read_bytes()
     delay = 1.0
@@ -94,24 +101,29 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
             if code == "not_ready":
                 return  # the service said it is draining: go elsewhere
 
+    release = threading.Event()
+
     def slow_upload(url: str) -> None:
         started = time.monotonic()
         try:
             response = httpx.post(
-                f"{url}/predict", content=trickled(scan, 2.5 * delay), headers={"Content-Type": "image/png"}, timeout=30
+                f"{url}/predict", content=held_back(scan, release), headers={"Content-Type": "image/png"}, timeout=30
             )
             record(f"slow {response.status_code}", None, started)
         except httpx.TransportError as error:
             record("cut", type(error).__name__, started)
 
     with running_service(slow_model, **env) as server, ThreadPoolExecutor(9) as pool:
+        slow = pool.submit(slow_upload, server.url)
+        while in_flight(server.url) < 1:  # the slow upload is accepted and past the readiness check
+            time.sleep(0.02)
         workers = [pool.submit(worker, server.url) for _ in range(8)]
         while sum(1 for kind, *_ in outcomes if kind == "200") < 8:
             time.sleep(0.02)
-        slow = pool.submit(slow_upload, server.url)
-        time.sleep(0.3)  # the slow upload is accepted and past the readiness check
         signalled_at.append(time.monotonic())
         server.terminate()
+        time.sleep(delay + 0.5)  # the listener is closed now; only accepted requests remain
+        release.set()
         for future in [*workers, slow]:
             future.result(timeout=30)
         stop.set()
@@ -128,4 +140,4 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
     assert "slow 200" in kinds  # accepted before SIGTERM, finished after the listener closed
     assert any(detail == "not_ready" for _, detail, *_ in outcomes)
     assert status in EXIT_STATUSES
-    assert exited_after < 2.5 * delay + 5.0
+    assert exited_after < delay + 10.0
