@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,3 +151,23 @@ def test_openapi_declares_the_key_schemes_when_keys_are_set(locked: TestClient, 
     assert schema["paths"]["/live"]["get"]["security"] == []
     assert "security" not in schema["paths"]["/predict"]["post"]  # the global requirement applies
     assert "security" not in client.get("/openapi.json").json()  # auth off: nothing declared
+
+
+def test_python_m_service_refuses_to_start_with_unusable_keys(tmp_path: Path, mean_model: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.live_server import REPO_ROOT, free_port
+
+    empty = tmp_path / "keys"
+    empty.write_text("# no key yet\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--model", str(mean_model), "--port", str(free_port())],
+        cwd=REPO_ROOT,
+        env={**os.environ, "CXR_EXECUTION_PROVIDER": "cpu", "CXR_API_KEYS_FILE": str(empty)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: API keys file {empty} holds no key"]
