@@ -31,7 +31,7 @@ def test_sigterm_turns_ready_503_at_once_and_refuses_new_work(mean_model: Path, 
             server.terminate()
             ready = client.get("/ready")
             assert ready.status_code == 503 and ready.json()["status"] == "draining"
-            assert time.monotonic() - signalled < 0.5
+            assert time.monotonic() - signalled < 1.0
             refused = client.post("/predict", files={"file": ("a.png", nih_png.read_bytes())})
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "not_ready"
@@ -39,7 +39,7 @@ def test_sigterm_turns_ready_503_at_once_and_refuses_new_work(mean_model: Path, 
             assert client.get("/live").status_code == 200  # alive while draining: no restart
         status, _ = wait_exit(server, timeout=delay + 10)
         assert status in EXIT_STATUSES
-        assert delay - 0.3 < time.monotonic() - signalled < delay + 3.0, "the listener closed too early or too late"
+        assert delay - 0.3 < time.monotonic() - signalled < delay + 6.0, "the listener closed too early or too late"
         assert "draining" in server.log()
 
 
