@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from service.predictor import Prediction, Predictor
 from service.readiness import Readiness
 from service.resources import available_cpus
 from service.schemas import (
+    Heatmap,
     ErrorResponse,
     InputInfo,
     LiveResponse,
@@ -94,6 +96,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         )
         batcher = MicroBatcher(
             loaded.predict,
+            run_with_heatmap=loaded.predict_with_heatmap if loaded.has_heatmap else None,
             max_batch=settings.max_batch,
             max_delay_s=settings.max_delay_ms / 1000.0,
             max_queue=settings.max_queue,
@@ -129,8 +132,8 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     _add_error_handlers(app)
 
     @app.post("/predict", response_model=PredictionResponse, responses=ERROR_RESPONSES, openapi_extra=UPLOAD_BODY)
-    async def predict(request: Request) -> PredictionResponse:
-        """Score one scan: multipart field `file`, or a raw PNG/JPEG/DICOM body."""
+    async def predict(request: Request, heatmap: bool = False) -> PredictionResponse:
+        """Score one scan: multipart field `file`, or a raw PNG/JPEG/DICOM body. `?heatmap=true` adds the heatmap."""
         predictor = _ready_predictor(state)
         with state.admission.slot():
             data = await read_upload(
@@ -139,8 +142,11 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
                 request.stream(),
                 max_bytes=settings.max_upload_bytes,
             )
-            prediction = await predictor.predict(data)
-        return _prediction_response(prediction, predictor.model, request.state.request_id)
+            prediction = await predictor.predict(data, heatmap=heatmap)
+        response = _prediction_response(prediction, predictor.model, request.state.request_id)
+        if heatmap and not predictor.model.has_heatmap:
+            response.notes.append("this model has no heatmap output; see GET /model")
+        return response
 
     @app.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
     async def ready() -> JSONResponse:
@@ -251,6 +257,12 @@ def _prediction_response(prediction: Prediction, model: Model, request_id: str) 
         batch_size=prediction.batch_size,
         timing_ms=Timing(**prediction.timing_ms),
         request_id=request_id,
+        heatmap=None
+        if prediction.heatmap is None
+        else Heatmap(
+            overlay_png=base64.b64encode(prediction.heatmap.overlay_png).decode("ascii"),
+            grid=prediction.heatmap.grid,
+        ),
     )
 
 

@@ -27,6 +27,7 @@ class BatchResult:
     """One request's share of a batch, with the costs it paid."""
 
     probability: float
+    heatmap: np.ndarray | None  # [256, 256] in [0, 1], when asked for and the model has one
     batch_size: int
     queue_ms: float
     inference_ms: float
@@ -37,20 +38,27 @@ class _Job:
     tensor: np.ndarray
     future: asyncio.Future[BatchResult]
     enqueued: float
+    heatmap: bool = False
 
 
 class MicroBatcher:
-    """Collects single-image tensors into batches for `run_batch` (float32 [N,1,H,W] -> [N])."""
+    """Collects single-image tensors into batches for `run_batch` (float32 [N,1,H,W] -> [N]).
+
+    `run_with_heatmap` (-> probabilities [N], heatmaps [N,H,W]) runs instead when any request
+    in the batch asked for a heatmap: the heatmap is one more output of the same graph.
+    """
 
     def __init__(
         self,
         run_batch: Callable[[np.ndarray], np.ndarray],
         *,
+        run_with_heatmap: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
     ) -> None:
         self._run_batch = run_batch
+        self._run_with_heatmap = run_with_heatmap
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
@@ -83,11 +91,11 @@ class MicroBatcher:
                     job.future.set_exception(ServiceError("not_ready", "the service is shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def submit(self, tensor: np.ndarray) -> BatchResult:
-        """Queue one [1,1,H,W] tensor and wait for its probability."""
+    async def submit(self, tensor: np.ndarray, *, heatmap: bool = False) -> BatchResult:
+        """Queue one [1,1,H,W] tensor and wait for its probability (and heatmap, if asked and available)."""
         if self._queue is None:
             raise ServiceError("not_ready", "the inference worker is not running")
-        job = _Job(tensor, asyncio.get_running_loop().create_future(), time.perf_counter())
+        job = _Job(tensor, asyncio.get_running_loop().create_future(), time.perf_counter(), heatmap)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -107,7 +115,11 @@ class MicroBatcher:
             batch = np.concatenate([job.tensor for job in jobs])
             started = time.perf_counter()
             try:
-                probabilities = await loop.run_in_executor(self._executor, self._run_batch, batch)
+                if self._run_with_heatmap is not None and any(job.heatmap for job in jobs):
+                    probabilities, heatmaps = await loop.run_in_executor(self._executor, self._run_with_heatmap, batch)
+                else:
+                    probabilities = await loop.run_in_executor(self._executor, self._run_batch, batch)
+                    heatmaps = None
             except Exception as error:  # a failing model must fail its requests, not the worker
                 for job in jobs:
                     if not job.future.done():
@@ -116,11 +128,12 @@ class MicroBatcher:
             finished = time.perf_counter()
             if self.on_batch is not None:
                 self.on_batch(len(jobs), finished - started)
-            for job, probability in zip(jobs, probabilities, strict=True):
+            for index, (job, probability) in enumerate(zip(jobs, probabilities, strict=True)):
                 if not job.future.done():
                     job.future.set_result(
                         BatchResult(
                             probability=float(probability),
+                            heatmap=heatmaps[index].copy() if heatmaps is not None and job.heatmap else None,
                             batch_size=len(jobs),
                             queue_ms=(started - job.enqueued) * 1000.0,
                             inference_ms=(finished - started) * 1000.0,

@@ -157,7 +157,13 @@ def check_signature(inputs: list[Any], outputs: list[Any]) -> bool:
         raise ModelError(
             f"model output {OUTPUT_NAME!r} is {probability.type} {list(probability.shape)}, expected tensor(float) [N]"
         )
-    return HEATMAP_OUTPUT_NAME in by_name
+    heatmap = by_name.get(HEATMAP_OUTPUT_NAME)
+    if heatmap is not None and (heatmap.type != "tensor(float)" or list(heatmap.shape)[1:] != [OUTPUT_SIZE, OUTPUT_SIZE]):
+        raise ModelError(
+            f"model output {HEATMAP_OUTPUT_NAME!r} is {heatmap.type} {list(heatmap.shape)}, "
+            f"expected tensor(float) [N, {OUTPUT_SIZE}, {OUTPUT_SIZE}]"
+        )
+    return heatmap is not None
 
 
 class Model:
@@ -179,12 +185,19 @@ class Model:
         (probabilities,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
         return probabilities
 
+    def predict_with_heatmap(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities [N] and class-activation heatmaps [N, 256, 256] from one run of the graph."""
+        probabilities, heatmaps = self.session.run([OUTPUT_NAME, HEATMAP_OUTPUT_NAME], {INPUT_NAME: batch})
+        return probabilities, heatmaps
+
     def warm_up(self, batch_sizes: list[int], runs: int) -> None:
         """Run every batch size the batcher may form, so no client pays first-run costs."""
         for size in batch_sizes:
             batch = np.zeros((size, 1, OUTPUT_SIZE, OUTPUT_SIZE), dtype=np.float32)
             for _ in range(runs):
                 self.predict(batch)
+                if self.has_heatmap:
+                    self.predict_with_heatmap(batch)
 
     def provider_problem(self, policy: ProviderPolicy) -> str | None:
         """Why the active provider does not satisfy `policy`, or None when it does."""

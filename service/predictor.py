@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from service.batching import MicroBatcher
+from service.heatmap import RenderedHeatmap, render
 from service.model import Model
 from service.prepare import Prepared, ScanFacts, prepare
 from service.resources import available_cpus
@@ -39,6 +40,7 @@ class Prediction:
     image: ScanFacts
     batch_size: int
     timing_ms: dict[str, float]
+    heatmap: RenderedHeatmap | None = None
 
 
 def score_bytes(model: Model, data: bytes, *, max_pixels: int) -> Prediction:
@@ -92,12 +94,15 @@ class Predictor:
             max_pixels=settings.max_pixels,
         )
 
-    async def predict(self, data: bytes) -> Prediction:
-        """Decode off the event loop, then wait for this scan's share of a batch."""
+    async def predict(self, data: bytes, *, heatmap: bool = False) -> Prediction:
+        """Decode off the event loop, then wait for this scan's share of a batch (and its heatmap, if asked)."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._decoders, partial(prepare, data, self.max_pixels))
-        result = await self.batcher.submit(prepared.tensor)
+        result = await self.batcher.submit(prepared.tensor, heatmap=heatmap)
+        rendered = None
+        if result.heatmap is not None:
+            rendered = await loop.run_in_executor(None, render, prepared.tensor[0, 0], result.heatmap)
         timing = {
             "decode": prepared.decode_ms,
             "preprocess": prepared.preprocess_ms,
@@ -106,7 +111,7 @@ class Predictor:
             "total": (time.perf_counter() - started) * 1000.0,
         }
         label = self.model.contract.label(result.probability)
-        return Prediction(result.probability, label, prepared.image, result.batch_size, timing)
+        return Prediction(result.probability, label, prepared.image, result.batch_size, timing, rendered)
 
     def start_decoders(self) -> None:
         """Run a scan through every decode worker before /ready, so no client pays a process start."""

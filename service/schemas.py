@@ -30,6 +30,11 @@ class Timing(BaseModel):
     total: float
 
 
+class Heatmap(BaseModel):
+    overlay_png: str = Field(description="Base64 PNG: the 256x256 model input in gray with the heat on top.")
+    grid: list[list[float]] = Field(description="16x16 mean heat in [0, 1], rows top to bottom (patient's right on the left).")
+
+
 class PredictionResponse(BaseModel):
     effusion_probability: float = Field(ge=0.0, le=1.0)
     label: str = Field(description="Class name at the model's decision threshold.")
@@ -40,6 +45,10 @@ class PredictionResponse(BaseModel):
     batch_size: int = Field(description="How many requests shared the inference call.")
     timing_ms: Timing
     request_id: str
+    heatmap: Heatmap | None = Field(
+        None, description="Class-activation heatmap, with ?heatmap=true and a model that has one (see GET /model)."
+    )
+    notes: list[str] = Field(default_factory=list, description="Caveats about this answer, e.g. no heatmap available.")
 
 
 class ErrorDetail(BaseModel):

@@ -1,7 +1,7 @@
 """Real ONNX graphs that honour (or deliberately break) the model contract, built with onnx.helper.
 
 The "mean" model computes sigmoid(weight * mean(image) + bias): cheap, deterministic and easy to
-check by hand. `slow=True` adds convolutions so one inference takes tens of milliseconds, which
+check by hand. With `heatmap_shape=("N", 256, 256)` it also outputs a `heatmap` (the input itself). `slow=True` adds convolutions so one inference takes tens of milliseconds, which
 the tests use to keep the model busy.
 """
 
@@ -24,6 +24,7 @@ def build_model(
     weight: float = 4.0,
     bias: float = -2.0,
     slow: bool = False,
+    heatmap_shape: tuple[object, ...] | None = None,
     input_name: str = "image",
     output_name: str = "effusion_probability",
     input_shape: tuple[object, ...] = ("N", 1, SIDE, SIDE),
@@ -55,11 +56,16 @@ def build_model(
         helper.make_node("Add", ["scaled", "bias"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], [output_name]),
     ]
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N"])]
+    if heatmap_shape is not None:  # "heat" = the input's own brightness: where the opacity is, it lights up
+        initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "channel_axis"))
+        nodes.append(helper.make_node("Squeeze", [input_name, "channel_axis"], ["heatmap"]))
+        outputs.append(helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, list(heatmap_shape)))
     graph = helper.make_graph(
         nodes,
         "test-model",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_shape))],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N"])],
+        outputs,
         initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
