@@ -21,21 +21,23 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
-# The project's metadata and an empty virtual environment at the path the runtime stages use.
-# README* rather than README.md: a checkout without it still builds.
+# The project's metadata (not the README: editing it must not reinstall the dependencies), the
+# wheelhouse when there is one, and an empty virtual environment at the path the runtime stages
+# use. COPY needs a source even when building from an index: pyproject.toml stands in, and pip
+# never looks in /wheelhouse then. PIP_INDEX_URL and CXR_WHEELHOUSE live only in build stages.
 FROM python-base AS source
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG WHEELHOUSE=
+ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
+    CXR_WHEELHOUSE=${WHEELHOUSE}
 WORKDIR /src
-COPY pyproject.toml README* ./
+COPY pyproject.toml ./
 COPY deploy/docker/install-venv.sh deploy/docker/
+COPY ${WHEELHOUSE:-pyproject.toml} /wheelhouse/
 RUN python3 -m venv /opt/venv
 
 # Dependencies first (cached until pyproject.toml or the wheelhouse changes), then the code.
-# COPY needs a source even when building from an index: pyproject.toml stands in, and pip never
-# looks in /wheelhouse then.
 FROM source AS cpu-venv
-ARG PIP_INDEX_URL=https://pypi.org/simple
-ARG WHEELHOUSE=
-COPY ${WHEELHOUSE:-pyproject.toml} /wheelhouse/
 RUN deploy/docker/install-venv.sh dependencies cpu
 COPY service/ service/
 RUN deploy/docker/install-venv.sh project
@@ -88,9 +90,6 @@ COPY --from=cpu-venv /opt/venv /opt/venv
 LABEL io.cxr-effusion.variant="cpu"
 
 FROM source AS gpu-venv
-ARG PIP_INDEX_URL=https://pypi.org/simple
-ARG WHEELHOUSE=
-COPY ${WHEELHOUSE:-pyproject.toml} /wheelhouse/
 RUN deploy/docker/install-venv.sh dependencies gpu
 COPY service/ service/
 RUN deploy/docker/install-venv.sh project

@@ -4,13 +4,12 @@
 #   install-venv.sh dependencies cpu|gpu   # while /src holds only pyproject.toml: the extra's dependencies
 #   install-venv.sh project                # after the code is copied in: the project, then pip goes
 #
-# Packages come from /wheelhouse when WHEELHOUSE is set (offline: no index at all), else from
-# PIP_INDEX_URL. The runtime image installs nothing, so pip and setuptools are removed at the end.
+# Packages come from /wheelhouse when CXR_WHEELHOUSE is set (offline: no index at all), else
+# from the index pip reads from PIP_INDEX_URL. The runtime image installs nothing, so pip and
+# setuptools are removed at the end.
 set -eu
-if [ -n "${WHEELHOUSE:-}" ]; then
+if [ -n "${CXR_WHEELHOUSE:-}" ]; then
     set -- "$@" --no-index --find-links /wheelhouse
-else
-    set -- "$@" --index-url "${PIP_INDEX_URL:?PIP_INDEX_URL or WHEELHOUSE must be set}"
 fi
 step="$1"
 shift
