@@ -6,8 +6,8 @@ service's contract in its metadata, built by `service.model.contract_metadata`. 
 file appears at its destination, it is opened with the service's own loader
 (`service.model.load_model`, which checks signature and contract) and its outputs on real
 images are compared with torch's: any difference above the tolerance (1e-4) fails the
-export, and nothing is written. Further graph outputs (e.g. a heatmap) would be further
-outputs of the exported module and names in `output_names`.
+export, and nothing is written. The graph's second output, `heatmap`, is a class-activation
+map ([N, 256, 256] in [0, 1], see `EffusionWithHeatmap`), parity-checked the same way.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from torch import nn
 
 from model_export.data import Sample, load_tensors
 from model_export.errors import ExportError
-from model_export.network import EffusionProbability, load_trained
+from model_export.network import EffusionWithHeatmap, load_trained
 from model_export.train import read_config, read_split
-from service.model import INPUT_NAME, OUTPUT_NAME, ModelError, contract_metadata, load_model
+from service.model import HEATMAP_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, ModelError, contract_metadata, load_model
 
 OPSET = 18
 TOLERANCE = 1e-4
+HEATMAP_TOLERANCE = 1e-3  # maps are scaled by their own peak, which magnifies float noise where the peak is low
 DEFAULT_MODEL_NAME = "cxr-effusion-resnet18"
 
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -104,7 +105,7 @@ def export_model(
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
     """Export, embed `metadata`, load with the service, check parity on `images`, then publish."""
-    module = EffusionProbability(network.cpu().eval()).eval()
+    module = EffusionWithHeatmap(network.cpu().eval()).eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
     try:
@@ -113,7 +114,7 @@ def export_model(
             (torch.from_numpy(np.concatenate([images, images])[:2]),),  # N=1 would be specialised
             partial,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[OUTPUT_NAME, HEATMAP_OUTPUT_NAME],
             opset_version=opset,
             dynamo=True,
             dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("N")}},
@@ -131,9 +132,19 @@ def export_model(
 
         def reference(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return module(torch.from_numpy(batch)).numpy()
+                return module(torch.from_numpy(batch))[0].numpy()
+
+        def reference_heatmap(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return module(torch.from_numpy(batch))[1].numpy()
 
         difference = check_parity(reference, served.predict, images, tolerance=tolerance)
+        check_parity(
+            reference_heatmap,
+            lambda batch: served.predict_with_heatmap(batch)[1],
+            images,
+            tolerance=HEATMAP_TOLERANCE,
+        )
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)

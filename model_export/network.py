@@ -36,6 +36,33 @@ class EffusionProbability(nn.Module):
         return torch.softmax(self.network(image).float(), dim=1)[:, 1]
 
 
+class EffusionWithHeatmap(nn.Module):
+    """P(effusion) and its class-activation map (Zhou et al., CVPR 2016) from one forward pass.
+
+    The map weighs the last convolutional block's features by the classifier's evidence for
+    effusion over no effusion (fc row 1 minus row 0: the log-odds), keeps the positive part,
+    upsamples it bilinearly to the input size and scales each map by its own peak to [0, 1].
+    It shows where the model looked, relative within one scan, not how sure it is. Serving it
+    costs one extra graph output, not a second model.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.network
+        x = net.maxpool(net.relu(net.bn1(net.conv1(image))))
+        features = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        logits = net.fc(torch.flatten(net.avgpool(features), 1))
+        probability = torch.softmax(logits.float(), dim=1)[:, 1]
+        evidence = (net.fc.weight[1] - net.fc.weight[0]).view(1, -1, 1, 1)
+        cam = torch.relu((features.float() * evidence).sum(dim=1, keepdim=True))
+        cam = nn.functional.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        peak = cam.amax(dim=(1, 2), keepdim=True)
+        return probability, cam / (peak + 1e-6)
+
+
 def load_trained(checkpoint: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The network of a best.pt checkpoint (CPU, eval mode) and the checkpoint's epoch and val_auroc."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -32,8 +32,12 @@ class Lung:
     lateral_sign: int  # -1 when the chest wall is at smaller x (the image's left lung), +1 otherwise
 
 
-def phantom(rng: np.random.Generator, *, effusion: bool, size: int = SIZE) -> np.ndarray:
-    """One 8-bit grayscale phantom, size x size; `effusion` adds fluid to one or both lungs."""
+def phantom(rng: np.random.Generator, *, effusion: bool, size: int = SIZE, side: str | None = None) -> np.ndarray:
+    """One 8-bit grayscale phantom, size x size; `effusion` adds fluid to one or both lungs.
+
+    `side` ("left" or "right" of the image) puts the fluid in that lung only; by default the
+    side is random, sometimes both.
+    """
     scale = size / SIZE
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     image = np.full((size, size), rng.uniform(5, 25), dtype=np.float32)
@@ -53,7 +57,10 @@ def phantom(rng: np.random.Generator, *, effusion: bool, size: int = SIZE) -> np
     image[mediastinum] = rng.uniform(195, 220)
 
     if effusion:
-        sides = [lungs[rng.integers(2)]] if rng.random() < 0.6 else list(lungs)
+        if side is None:
+            sides = [lungs[rng.integers(2)]] if rng.random() < 0.6 else list(lungs)
+        else:
+            sides = [lungs[0] if side == "left" else lungs[1]]  # lungs[0] is at the image's left
         for lung in sides:
             fluid = fluid_fraction(lung, x, y, rng, edge=8.0 * scale)
             image = image * (1 - fluid) + soft_tissue * rng.uniform(0.9, 1.0) * fluid
