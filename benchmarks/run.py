@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -217,34 +218,47 @@ def service_env(model: Path, variant: str, **extra: str) -> dict[str, str]:
 
 
 def end_to_end(model: Path, scans: list[bytes], args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """(d) + (e): every system under the same load, one at a time."""
+    """(d) + (e): every system under the same load, interleaved.
+
+    All servers start first (idle, they use no CPU); then, for each concurrency, each system is
+    loaded in turn. On a shared machine whose background load drifts, interleaving keeps the
+    comparison between systems fair, where one system after another would not be.
+    """
     multipart = multipart_body(scans[0], work / "multipart.bin")
-    triton = triton_body(scans[0], work / "triton.bin")
     python = sys.executable
-    rows: list[dict[str, Any]] = []
-    for variant in ("fp32", "int8"):
-        env = service_env(model, variant, CXR_PORT="8101")
-        with Server([python, "-m", "service"], env, "http://127.0.0.1:8101/ready"):
-            rows += load_series(f"service {variant}", "http://127.0.0.1:8101/predict", multipart, args.concurrency, args.seconds)
-    env = {"CXR_BENCH_MODEL": str(model)}
-    with Server([python, "-m", "uvicorn", "benchmarks.naive_service:app", "--port", "8102"], env, "http://127.0.0.1:8102/docs"):
-        rows += load_series("naive FastAPI", "http://127.0.0.1:8102/predict", multipart, args.concurrency, args.seconds)
+    systems: list[tuple[str, Server, str, Body, list[int]]] = []
+    for port, variant in ((8101, "fp32"), (8102, "int8")):
+        server = Server([python, "-m", "service"], service_env(model, variant, CXR_PORT=str(port)), f"http://127.0.0.1:{port}/ready")
+        systems.append((f"service {variant}", server, f"http://127.0.0.1:{port}/predict", multipart, args.concurrency))
+    env = service_env(model, "int8", CXR_PORT="8105", CXR_INTRA_OP_THREADS="1")
+    server = Server([python, "-m", "service"], env, "http://127.0.0.1:8105/ready")
+    systems.append(("service int8, 1 ORT thread", server, "http://127.0.0.1:8105/predict", multipart, args.concurrency))
+    naive = Server([python, "-m", "uvicorn", "benchmarks.naive_service:app", "--port", "8103"], {"CXR_BENCH_MODEL": str(model)}, "http://127.0.0.1:8103/docs")
+    systems.append(("naive FastAPI", naive, "http://127.0.0.1:8103/predict", multipart, args.concurrency))
     if args.triton_python and Path(args.triton_python).exists():
         libdir = subprocess.run(
             [args.triton_python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"], capture_output=True, text=True
         ).stdout.strip()
         env = {"LD_LIBRARY_PATH": f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-        command = [args.triton_python, "benchmarks/triton_service.py", str(model), "--http-port", "8110"]
-        with Server(command, env, "http://127.0.0.1:8110/v2/models/cxr/ready"):
-            rows += load_series("Triton (PyTriton)", "http://127.0.0.1:8110/v2/models/cxr/infer", triton, args.concurrency, args.seconds)
+        triton = Server([args.triton_python, "benchmarks/triton_service.py", str(model), "--http-port", "8110"], env, "http://127.0.0.1:8110/v2/models/cxr/ready")
+        body = triton_body(scans[0], work / "triton.bin")
+        systems.append(("Triton (PyTriton)", triton, "http://127.0.0.1:8110/v2/models/cxr/infer", body, args.concurrency))
     else:
         log("Triton skipped: no --triton-python interpreter (see benchmarks/requirements.txt)")
-    # (e) two uvicorn worker processes, one ORT thread and one decode thread each, vs the one process above
+    # (e) two uvicorn worker processes with one ORT thread and one decode thread each
     env = service_env(model, "int8", CXR_INTRA_OP_THREADS="1", CXR_DECODE_THREADS="1")
-    command = [python, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", "8103", "--workers", "2"]
-    with Server(command, env, "http://127.0.0.1:8103/ready"):
-        rows += load_series("service int8, 2 uvicorn workers", "http://127.0.0.1:8103/predict", multipart, [16], args.seconds)
-    return rows
+    workers = Server([python, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", "8104", "--workers", "2"], env, "http://127.0.0.1:8104/ready")
+    systems.append(("service int8, 2 uvicorn workers", workers, "http://127.0.0.1:8104/predict", multipart, [16]))
+
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        for _, server, *_ in systems:
+            stack.enter_context(server)
+        for concurrency in args.concurrency:
+            for name, _, url, body, concurrencies in systems:
+                if concurrency in concurrencies:
+                    rows += load_series(name, url, body, [concurrency], args.seconds)
+    return sorted(rows, key=lambda row: [name for name, *_ in systems].index(row["system"]))
 
 
 def machine() -> dict[str, Any]:
