@@ -66,7 +66,9 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> Path:
 
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))  # shape inference + folding, as ORT recommends
+        # ONNX shape inference + graph folding, as ORT recommends; its symbolic shape inference fails on the
+        # heatmap branch (a Resize whose size comes from Shape) and is not needed for a fixed 256x256 input.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(target),
