@@ -56,6 +56,19 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def contention_note(facts: dict[str, Any]) -> list[str]:
+    """A warning when other work kept the machine busy: absolute figures are then low and noisy."""
+    busiest = max(facts["load_before"][0], facts.get("load_after", [0.0])[0])
+    if busiest <= facts["cpus"]:
+        return []
+    return [
+        "",
+        f"**Contention: the load average reached {busiest:.1f} on {facts['cpus']} CPUs from other work during this run.** "
+        "Absolute figures are well below what an idle machine gives, and drift between steps; (d) interleaves the "
+        "systems at each concurrency, so compare systems within one concurrency, not across sections.",
+    ]
+
+
 def write_report(results: dict[str, Any], markdown: Path, plot: Path) -> None:
     facts = results["machine"]
     load = results["load"]
@@ -68,6 +81,7 @@ def write_report(results: dict[str, Any], markdown: Path, plot: Path) -> None:
         table(["machine", "value"], [[key, value] for key, value in facts.items()]),
         "",
         "Load average before and after is the whole machine's: other work on a shared machine shows there.",
+        *contention_note(facts),
         "",
         "## Targets",
         "",
