@@ -260,6 +260,7 @@ def read_config(run: Path) -> TrainConfig:
     except OSError as error:
         raise DataError(f"{run} holds no training run (config.json: {error.strerror or error})") from error
     known = {field.name for field in fields(TrainConfig)}
+    values["output"] = str(run)  # the run may have been moved since it was written
     return TrainConfig(**{key: value for key, value in values.items() if key in known})
 
 
