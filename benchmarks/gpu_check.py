@@ -27,6 +27,7 @@ import onnxruntime as ort
 
 from benchmarks.loadgen import Body, run_hey
 from benchmarks.resnet18 import benchmark_model
+from benchmarks.run import Server
 from service.model import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, load_model, session_options
 from service.prepare import prepare
 from service.settings import variant_path
@@ -129,42 +130,17 @@ def service_runs(model: Path, image: Path, provider: str, configs: list[dict[str
     results = []
     for number, config in enumerate(configs):
         port = 8100 + number
-        env = {**os.environ, "CXR_MODEL_PATH": str(model), "CXR_EXECUTION_PROVIDER": provider, "CXR_PORT": str(port),
-               "CXR_LOG_LEVEL": "warning", **config}
-        server = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = {"CXR_MODEL_PATH": str(model), "CXR_EXECUTION_PROVIDER": provider, "CXR_PORT": str(port), **config}
+        row: dict[str, Any] = {"config": config}
         try:
-            ready = wait_ready(port, 120)
-            row: dict[str, Any] = {"config": config, "ready": ready}
-            if ready:
+            with Server([sys.executable, "-m", "service"], env, f"http://127.0.0.1:{port}/ready"):
                 body = Body(image, "image/png")  # the service takes a raw PNG body as well as multipart
                 row.update(run_hey(f"http://127.0.0.1:{port}/predict", body, concurrency=64, seconds=seconds))
-            results.append(row)
-            log(f"service {config}: {row}")
-        finally:
-            server.terminate()
-            try:
-                _, stderr = server.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                _, stderr = server.communicate()
-            if not results or not results[-1].get("ready"):
-                log(stderr.decode(errors="replace")[-2000:])
+        except RuntimeError as error:  # not ready: keep the server's log tail in the report
+            row["error"] = str(error)
+        results.append(row)
+        log(f"service {config}: {row}")
     return results
-
-
-def wait_ready(port: int, timeout: float) -> bool:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,11 +24,11 @@ from PIL import Image
 from service.batching import MicroBatcher
 from service.heatmap import RenderedHeatmap, render
 from service.model import Model
-from service.prepare import Prepared, ScanFacts, prepare
+from service.prepare import ScanFacts, prepare
 from service.resources import available_cpus
 from service.settings import Settings
 
-__all__ = ["Prediction", "Predictor", "Prepared", "prepare", "score_bytes"]
+__all__ = ["Prediction", "Predictor", "prepare", "score_bytes"]  # prepare: re-exported for scripts and tests
 
 
 @dataclass(frozen=True)
