@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model_export",

@@ -89,7 +89,7 @@ def binary_metrics(
     tn, fp, fn, tp = (int(value) for value in confusion_matrix(labels, scores >= threshold, labels=[0, 1]).ravel())
     auroc_ci, ap_ci = bootstrap_intervals(labels, scores, resamples=resamples, seed=seed)
     return {
-        "images": int(len(labels)),
+        "images": len(labels),
         "effusion": int(labels.sum()),
         "auroc": float(roc_auc_score(labels, scores)),
         "auroc_ci95": auroc_ci,
@@ -196,8 +196,10 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines = [
         "# Evaluation report",
         "",
-        f"Run `{report['run']}`, checkpoint of epoch {report['checkpoint']['epoch']} "
-        f"(validation AUROC {report['checkpoint']['val_auroc']:.3f}, the model-selection criterion).",
+        (
+            f"Run `{report['run']}`, checkpoint of epoch {report['checkpoint']['epoch']} "
+            f"(validation AUROC {report['checkpoint']['val_auroc']:.3f}, the model-selection criterion)."
+        ),
         "",
         f"## Split (patient-level, seed {split['seed']})",
         "",
@@ -214,9 +216,11 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         "## Metrics",
         "",
-        f"95% intervals: {report['bootstrap']['interval']} bootstrap over {report['bootstrap']['resamples']} "
-        "image resamples. Validation numbers are optimistic (the checkpoint and threshold were chosen on them); "
-        "test numbers are the honest ones.",
+        (
+            f"95% intervals: {report['bootstrap']['interval']} bootstrap over {report['bootstrap']['resamples']} "
+            "image resamples. Validation numbers are optimistic (the checkpoint and threshold were chosen on them); "
+            "test numbers are the honest ones."
+        ),
         "",
         "| model | split | AUROC (95% CI) | average precision (95% CI) | sensitivity | specificity | TN FP FN TP |",
         "|---|---|---|---|---|---|---|",
@@ -233,8 +237,10 @@ def markdown_report(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        f"Reference: {report['reference']['method']}, its own threshold "
-        f"{report['reference']['threshold']:.4f} chosen by the same rule.",
+        (
+            f"Reference: {report['reference']['method']}, its own threshold "
+            f"{report['reference']['threshold']:.4f} chosen by the same rule."
+        ),
         "",
         "![ROC curves, test split](roc.png)",
         "",

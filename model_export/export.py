@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def export_run(
         },
         validation_metrics=summary_metrics(report),
         exporter=exporter_versions(opset),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         intended_use="research and integration testing, not for clinical use",
     )
     samples = (split.test + split.val)[:parity_images]

@@ -172,7 +172,7 @@ def test_split_is_by_patient_stratified_seeded_and_round_trips() -> None:
     parts = split.parts()
     patients = {name: {sample.patient_id for sample in part} for name, part in parts.items()}
     assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"] or patients["val"] & patients["test"])
-    assert sorted(sum(parts.values(), []), key=str) == sorted(samples, key=str)
+    assert sorted((sample for part in parts.values() for sample in part), key=str) == sorted(samples, key=str)
     for part in parts.values():
         assert 0 < sum(sample.label for sample in part) < len(part)
     assert split.summary()["test"] == {"images": 24, "patients": 12, "effusion": 8, "nofinding": 16}

@@ -9,11 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model_export.data import class_folder_samples, load_tensors  # noqa: E402
-from model_export.errors import ExportError  # noqa: E402
-from model_export.export import check_parity, export_model  # noqa: E402
-from model_export.network import EffusionProbability, build_network  # noqa: E402
-from service.model import contract_metadata  # noqa: E402
+from model_export.data import class_folder_samples, load_tensors
+from model_export.errors import ExportError
+from model_export.export import check_parity, export_model
+from model_export.network import EffusionProbability, build_network
+from service.model import contract_metadata
 
 
 class ExportOnlyScale(torch.nn.Module):

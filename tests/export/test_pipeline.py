@@ -19,13 +19,13 @@ from sklearn.metrics import roc_auc_score
 
 torch = pytest.importorskip("torch")
 
-from model_export.__main__ import build_parser, main  # noqa: E402
-from model_export.synthetic import phantom, write_dataset  # noqa: E402
-from model_export.train import TrainConfig, train  # noqa: E402
-from service.model import ModelError, load_model  # noqa: E402
-from service.predictor import prepare, score_bytes  # noqa: E402
-from service.preprocessing import preprocess  # noqa: E402
-from tests.live_server import REPO_ROOT, free_port, running_service  # noqa: E402
+from model_export.__main__ import build_parser, main
+from model_export.synthetic import phantom, write_dataset
+from model_export.train import TrainConfig, train
+from service.model import ModelError, load_model
+from service.predictor import prepare, score_bytes
+from service.preprocessing import preprocess
+from tests.live_server import REPO_ROOT, free_port, running_service
 
 MAX_PIXELS = 25_000_000
 
@@ -130,6 +130,7 @@ def test_the_service_refuses_the_model_exported_under_another_preprocessing_id(
     result = subprocess.run(
         [sys.executable, "-m", "service", "--model", str(foreign), "--port", str(free_port())],
         cwd=REPO_ROOT,
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -141,7 +142,7 @@ def test_the_service_refuses_the_model_exported_under_another_preprocessing_id(
 def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path: Path) -> None:
     small = tmp_path / "small"
     write_dataset(small, count=5, seed=1, size=256)
-    settings = dict(data=str(small), epochs=2, batch_size=4, val_fraction=0.2, test_fraction=0.2, seed=1)
+    settings = {"data": str(small), "epochs": 2, "batch_size": 4, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 1}
     straight = train(TrainConfig(output=str(tmp_path / "straight"), **settings))
     first = train(TrainConfig(output=str(tmp_path / "resumed"), **settings), max_minutes=0)
     assert first.epochs_completed == 1 and "--max-minutes" in first.stop_reason
@@ -159,7 +160,9 @@ def test_every_cli_option_is_documented() -> None:
     for name, command in commands.choices.items():
         for action in command._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
-    result = subprocess.run([sys.executable, "-m", "model_export", "train", "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "model_export", "train", "--help"], check=False, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "--max-minutes" in result.stdout and "--resume" in result.stdout
 
 
@@ -169,6 +172,7 @@ def test_the_cli_reports_a_one_class_dataset_in_one_line(tmp_path: Path) -> None
         path.unlink()
     result = subprocess.run(
         [sys.executable, "-m", "model_export", "train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run")],
+        check=False,
         capture_output=True,
         text=True,
         timeout=120,
