@@ -45,7 +45,8 @@ def main() -> None:
     pixels = [imagecodecs.png_decode(scan) for scan in scans]
     candidates: list[tuple[str, Callable[[Any], object], list[Any]]] = [
         ("decode: Pillow `np.asarray(Image.open(...))`", lambda d: np.asarray(Image.open(io.BytesIO(d))), scans),
-        ("decode: imagecodecs `png_decode` (libpng + zlib-ng) - chosen", imagecodecs.png_decode, scans),
+        ("decode: imagecodecs `png_decode` (libpng; leaks on corrupt files, see service/fastpng.py)", imagecodecs.png_decode, scans),
+        ("decode: imagecodecs `spng_decode` (libspng) - chosen", imagecodecs.spng_decode, scans),
     ]
     if importlib.util.find_spec("cv2"):
         import cv2
