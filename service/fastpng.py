@@ -2,7 +2,7 @@
 
 Pillow stays in charge of the file: it parses the header and `imaging.decode_raster` applies
 every limit (too_many_pixels, multi-frame, empty) before this runs. Only the pixel decode is
-handed to libspng + zlib-ng through `imagecodecs`, about 1.5x faster than Pillow on NIH scans
+handed to libspng through `imagecodecs`, a little faster than Pillow on NIH scans
 (docs/performance.md). Anything unusual — colour, palette, transparency, bit depths other than
 8, an EXIF orientation — returns None and takes Pillow's general path, so results are the same
 array Pillow would give.
