@@ -2,8 +2,9 @@
 
     python -m benchmarks.decoders
 
-OpenCV and pyspng are measured only when installed (`pip install opencv-python-headless pyspng`):
-they are candidates that were not chosen, not dependencies (docs/performance.md says why).
+OpenCV, pyspng and imagecodecs are measured only when installed
+(`pip install opencv-python-headless pyspng imagecodecs`): they are candidates that were not
+chosen, not dependencies (docs/performance.md says why).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import imagecodecs
 import numpy as np
 from PIL import Image
 
@@ -42,12 +42,15 @@ def literal_recipe(pixels: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     scans = nih_scans(DEFAULT_DATA, 20)
-    pixels = [imagecodecs.png_decode(scan) for scan in scans]
+    pixels = [np.asarray(Image.open(io.BytesIO(scan))) for scan in scans]
     candidates: list[tuple[str, Callable[[Any], object], list[Any]]] = [
-        ("decode: Pillow `np.asarray(Image.open(...))`", lambda d: np.asarray(Image.open(io.BytesIO(d))), scans),
-        ("decode: imagecodecs `png_decode` (libpng; leaks on corrupt files, see service/fastpng.py)", imagecodecs.png_decode, scans),
-        ("decode: imagecodecs `spng_decode` (libspng) - chosen", imagecodecs.spng_decode, scans),
+        ("decode: Pillow `np.asarray(Image.open(...))` - chosen", lambda d: np.asarray(Image.open(io.BytesIO(d))), scans),
     ]
+    if importlib.util.find_spec("imagecodecs"):
+        import imagecodecs
+
+        candidates.append(("decode: imagecodecs `png_decode` (libpng; leaks on corrupt files)", imagecodecs.png_decode, scans))
+        candidates.append(("decode: imagecodecs `spng_decode` (libspng)", imagecodecs.spng_decode, scans))
     if importlib.util.find_spec("cv2"):
         import cv2
 

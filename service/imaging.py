@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from service.errors import ServiceError
-from service.fastpng import decode_grayscale_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -95,11 +94,6 @@ def decode_raster(data: bytes, kind: str, *, max_pixels: int) -> DecodedImage:
         raise ServiceError("multi_frame", "animated or multi-frame images are not accepted; send one frame")
     if width == 0 or height == 0:
         raise ServiceError("image_too_small", "image has no pixels")
-
-    if kind == "png":
-        fast = decode_grayscale_png(data, image)  # None unless a plain grayscale PNG; see service/fastpng.py
-        if fast is not None:
-            return DecodedImage(pixels=fast, format=kind, mode=image.mode, converted=False)
 
     try:
         image.load()

@@ -2,7 +2,7 @@
 
 `Predictor` runs `prepare` (decode + preprocess) off the event loop and feeds the
 micro-batcher, so decoding of some requests overlaps inference of others. Decoding runs on
-threads by default (imagecodecs, zlib and numpy release the GIL for the heavy parts) or, with
+threads by default (Pillow's decoders, zlib and numpy release the GIL for the heavy parts) or, with
 `decode_processes`, in worker processes, which scale better on many-core hosts where Pillow's
 Python-level work would serialise on the GIL (docs/performance.md). `score_bytes` is the
 synchronous path for scripts and the CLI's `--local` mode: same functions, no server.

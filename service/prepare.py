@@ -1,7 +1,7 @@
 """Decode + preprocess one upload: the per-request CPU work, importable without ONNX Runtime.
 
 It lives apart from `predictor` so that decode worker processes (`CXR_DECODE_PROCESSES`)
-import only Pillow, imagecodecs and numpy, and so that only the small model tensor and the
+import only Pillow and numpy, and so that only the small model tensor and the
 facts a response reports cross the process boundary, never the full-size pixels.
 """
 
