@@ -71,3 +71,14 @@ def test_the_default_model_answers_over_http(nih_dir: Path) -> None:
     body = response.json()
     assert body["effusion_probability"] == pytest.approx(probability, abs=1e-4)
     assert body["model"]["name"] == "cxr-effusion-resnet18"
+
+
+@pytest.mark.parametrize("variant", ["int8", "fp16"])
+def test_shipped_variants_belong_to_the_shipped_model_and_keep_its_auroc(variant: str, nih_dir: Path) -> None:
+    """A variant built from an older default model would silently serve other weights: refuse that."""
+    model = load_model(MODEL.with_suffix(f".{variant}.onnx"), policy="cpu")
+    facts = model.contract.metadata["variant"]
+    assert facts["variant"] == variant
+    assert facts["source_sha256"] == load_model(MODEL, policy="cpu").sha256
+    assert abs(facts["auroc"] - facts["fp32_auroc"]) <= 0.005
+    assert model.has_heatmap and model.contract.threshold == load_model(MODEL, policy="cpu").contract.threshold
