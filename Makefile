@@ -16,4 +16,5 @@ serve: venv
 
 test: venv
 	$(PIP) install -e '.[cpu,dev,train,client]'
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib

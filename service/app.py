@@ -28,8 +28,8 @@ from service.predictor import Prediction, Predictor
 from service.readiness import Readiness
 from service.resources import available_cpus
 from service.schemas import (
-    Heatmap,
     ErrorResponse,
+    Heatmap,
     InputInfo,
     LiveResponse,
     ModelInfo,
