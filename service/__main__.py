@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             settings.model_file,
             policy=settings.execution_provider,
             intra_op_threads=settings.intra_op_threads or available_cpus(),
+            variant_of=settings.variant_of,
         )
     except ModelError as error:
         print(f"error: model refused: {error}", file=sys.stderr)

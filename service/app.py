@@ -92,7 +92,12 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threads = settings.intra_op_threads or available_cpus()
         loaded = model or await anyio.to_thread.run_sync(
-            lambda: load_model(settings.model_file, policy=settings.execution_provider, intra_op_threads=threads)
+            lambda: load_model(
+                settings.model_file,
+                policy=settings.execution_provider,
+                intra_op_threads=threads,
+                variant_of=settings.variant_of,
+            )
         )
         batcher = MicroBatcher(
             loaded.predict,

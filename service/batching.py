@@ -64,6 +64,7 @@ class MicroBatcher:
         self.max_queue = max_queue
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._in_flight: list[_Job] = []  # the batch being run, failed too if the worker is stopped
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.on_batch: Callable[[int, float], None] | None = None  # metrics hook: (size, seconds)
 
@@ -77,7 +78,8 @@ class MicroBatcher:
         self._worker = asyncio.create_task(self._work(), name="micro-batcher")
 
     async def stop(self) -> None:
-        """Stop the worker; requests still queued are failed with `not_ready`."""
+        """Stop the worker; requests still queued or in the batch being run are failed with `not_ready`."""
+        unfinished = list(self._in_flight)
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -86,9 +88,8 @@ class MicroBatcher:
                 pass
         if self._queue is not None:
             while not self._queue.empty():
-                job = self._queue.get_nowait()
-                if not job.future.done():
-                    job.future.set_exception(ServiceError("not_ready", "the service is shutting down"))
+                unfinished.append(self._queue.get_nowait())
+        self._fail(unfinished, ServiceError("not_ready", "the service is shutting down"))
         self._executor.shutdown(wait=True)
 
     async def submit(self, tensor: np.ndarray, *, heatmap: bool = False) -> BatchResult:
@@ -106,39 +107,50 @@ class MicroBatcher:
 
     async def _work(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
             jobs = await self._collect(self._queue)
             jobs = [job for job in jobs if not job.future.done()]  # the client went away
             if not jobs:
                 continue
-            batch = np.concatenate([job.tensor for job in jobs])
-            started = time.perf_counter()
+            self._in_flight = jobs
             try:
-                if self._run_with_heatmap is not None and any(job.heatmap for job in jobs):
-                    probabilities, heatmaps = await loop.run_in_executor(self._executor, self._run_with_heatmap, batch)
-                else:
-                    probabilities = await loop.run_in_executor(self._executor, self._run_batch, batch)
-                    heatmaps = None
-            except Exception as error:  # a failing model must fail its requests, not the worker
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(ServiceError("internal_error", f"inference failed: {type(error).__name__}"))
-                continue
-            finished = time.perf_counter()
-            if self.on_batch is not None:
-                self.on_batch(len(jobs), finished - started)
-            for index, (job, probability) in enumerate(zip(jobs, probabilities, strict=True)):
-                if not job.future.done():
-                    job.future.set_result(
-                        BatchResult(
-                            probability=float(probability),
-                            heatmap=heatmaps[index].copy() if heatmaps is not None and job.heatmap else None,
-                            batch_size=len(jobs),
-                            queue_ms=(started - job.enqueued) * 1000.0,
-                            inference_ms=(finished - started) * 1000.0,
-                        )
+                await self._run(jobs)
+            except Exception as error:  # a failing model must fail its requests, never the worker
+                self._fail(jobs, ServiceError("internal_error", f"inference failed: {type(error).__name__}"))
+            finally:
+                self._in_flight = []
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        batch = np.concatenate([job.tensor for job in jobs])
+        started = time.perf_counter()
+        if self._run_with_heatmap is not None and any(job.heatmap for job in jobs):
+            probabilities, heatmaps = await loop.run_in_executor(self._executor, self._run_with_heatmap, batch)
+        else:
+            probabilities = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            heatmaps = None
+        finished = time.perf_counter()
+        if len(probabilities) != len(jobs) or not np.all((probabilities >= 0) & (probabilities <= 1)):
+            raise ValueError(f"model returned {len(probabilities)} values outside [0, 1] for {len(jobs)} images")
+        if self.on_batch is not None:
+            self.on_batch(len(jobs), finished - started)
+        for index, (job, probability) in enumerate(zip(jobs, probabilities, strict=True)):
+            if not job.future.done():
+                job.future.set_result(
+                    BatchResult(
+                        probability=float(probability),
+                        heatmap=heatmaps[index].copy() if heatmaps is not None and job.heatmap else None,
+                        batch_size=len(jobs),
+                        queue_ms=(started - job.enqueued) * 1000.0,
+                        inference_ms=(finished - started) * 1000.0,
                     )
+                )
+
+    @staticmethod
+    def _fail(jobs: list[_Job], error: ServiceError) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
 
     async def _collect(self, queue: asyncio.Queue[_Job]) -> list[_Job]:
         jobs = [await queue.get()]

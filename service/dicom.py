@@ -64,13 +64,11 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
         values = np.asarray(values, dtype=np.float64)
         values = values.max() + values.min() - values
 
-    return DecodedImage(
-        pixels=values,
-        format="dicom",
-        mode=photometric,
-        converted=False,
-        sop_instance_uid=safe_uid(dataset.get("SOPInstanceUID")),
-    )
+    try:
+        uid = safe_uid(dataset.get("SOPInstanceUID"))
+    except Exception:  # a UID element with a hostile VR: echo nothing rather than fail the scan
+        uid = None
+    return DecodedImage(pixels=values, format="dicom", mode=photometric, converted=False, sop_instance_uid=uid)
 
 
 def check_transfer_syntax(data: bytes, has_preamble: bool) -> None:
@@ -110,7 +108,7 @@ def check_header(dataset: Dataset, *, max_pixels: int) -> str:
 
     if modality and modality not in XRAY_MODALITIES:
         raise ServiceError(
-            "unsupported_modality", f"modality {modality[:16]} is not a projection radiograph (CR or DX expected)"
+            "unsupported_modality", f"modality {modality[:16]} is not a projection radiograph (CR, DX, DR, RG or OT expected)"
         )
     if rows <= 0 or columns <= 0:
         raise ServiceError("image_too_small", "image has no pixels")

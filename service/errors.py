@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import partial
 
 STATUS_BY_CODE: dict[str, int] = {
+    "client_disconnected": 400,  # never seen by the client; keeps aborted uploads out of 5xx alerts
     "unauthorized": 401,
     "not_found": 404,
     "payload_too_large": 413,

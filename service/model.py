@@ -195,7 +195,8 @@ class Model:
         for size in batch_sizes:
             batch = np.zeros((size, 1, OUTPUT_SIZE, OUTPUT_SIZE), dtype=np.float32)
             for _ in range(runs):
-                self.predict(batch)
+                if self.predict(batch).shape != (size,):
+                    raise ModelError(f"model returned the wrong number of probabilities for a batch of {size}")
                 if self.has_heatmap:
                     self.predict_with_heatmap(batch)
 
@@ -209,8 +210,14 @@ class Model:
         return None
 
 
-def load_model(path: Path, *, policy: ProviderPolicy = "auto", intra_op_threads: int = 1) -> Model:
-    """Read, validate and open a model; raises ModelError with one line naming any problem."""
+def load_model(
+    path: Path, *, policy: ProviderPolicy = "auto", intra_op_threads: int = 1, variant_of: Path | None = None
+) -> Model:
+    """Read, validate and open a model; raises ModelError with one line naming any problem.
+
+    `variant_of` names the FP32 file an INT8/FP16 variant is served in place of: the variant
+    must have been built from exactly that file, or other weights would run silently.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as error:
@@ -224,7 +231,25 @@ def load_model(path: Path, *, policy: ProviderPolicy = "auto", intra_op_threads:
         raise ModelError(f"model file {path} is not a loadable ONNX model: {first_line}") from error
     has_heatmap = check_signature(session.get_inputs(), session.get_outputs())
     contract = parse_contract(session.get_modelmeta().custom_metadata_map)
+    if variant_of is not None:
+        check_variant_source(contract, variant_of)
     return Model(session, contract, hashlib.sha256(data).hexdigest(), has_heatmap)
+
+
+def check_variant_source(contract: ModelContract, source: Path) -> None:
+    """Refuse a variant whose metadata names another FP32 model than `source`."""
+    facts = contract.metadata.get("variant")
+    if not isinstance(facts, dict) or "source_sha256" not in facts:
+        raise ModelError("the variant file has no 'variant' metadata naming the FP32 model it was built from")
+    try:
+        expected = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    except OSError as error:
+        raise ModelError(f"cannot read the FP32 model {source}: {error.strerror or error}") from error
+    if facts["source_sha256"] != expected:
+        raise ModelError(
+            f"the variant was built from another model (sha256 {facts['source_sha256'][:12]}...), not from {source} "
+            f"({expected[:12]}...); rebuild it with `python -m model_export variants`"
+        )
 
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:

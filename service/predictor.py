@@ -15,6 +15,7 @@ import io
 import multiprocessing
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from service.batching import MicroBatcher
+from service.errors import ServiceError
 from service.heatmap import RenderedHeatmap, render
 from service.model import Model
 from service.prepare import ScanFacts, prepare
@@ -98,7 +100,14 @@ class Predictor:
         """Decode off the event loop, then wait for this scan's share of a batch (and its heatmap, if asked)."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._decoders, partial(prepare, data, self.max_pixels))
+        pool = self._decoders
+        try:
+            prepared = await loop.run_in_executor(pool, partial(prepare, data, self.max_pixels))
+        except BrokenProcessPool:  # a decode worker died (OOM kill, a crash in a codec): start afresh
+            if self._decoders is pool:
+                self._decoders = decode_pool(self._workers, processes=True)
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise ServiceError("not_ready", "a decode worker stopped; retry shortly", retry_after=1) from None
         result = await self.batcher.submit(prepared.tensor, heatmap=heatmap)
         rendered = None
         if result.heatmap is not None:

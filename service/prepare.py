@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import service.dicom  # noqa: F401  # pydicom and its plugins load with the worker (~0.2 s), not on the first DICOM upload
 from service.imaging import decode
 from service.preprocessing import preprocess
 

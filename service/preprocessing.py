@@ -56,8 +56,11 @@ def preprocess(pixels: np.ndarray) -> np.ndarray:
     sums, count = area_sums(square, OUTPUT_SIZE)
     # (mean - low) / (high - low), with mean = sums / count; exact integer sums stay exact
     # until this single float64 step.
-    scale = 1.0 / ((float(high) - float(low)) * count)
-    normalised = (sums - float(low) * count) * scale
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow is checked just below
+        scale = 1.0 / ((float(high) - float(low)) * count)
+        normalised = (sums - float(low) * count) * scale
+    if not np.isfinite(normalised).all():  # e.g. a DICOM rescale slope of 1e308 overflows the sums
+        raise ServiceError("unsupported_image", "pixel values are too large or too small to normalise")
     return np.ascontiguousarray(normalised, dtype=np.float32).reshape(1, 1, OUTPUT_SIZE, OUTPUT_SIZE)
 
 

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     # Security: optional API keys
     api_keys: SecretStr | None = Field(
-        None, description="Comma-separated API keys (16+ characters each); set, every route but /live and /ready needs one."
+        None, description="Comma-separated API keys (16+ characters each); set, every route but /live, /ready and /ui needs one."
     )
     api_keys_file: Path | None = Field(
         None, description="File with one API key per line (# comments allowed); combined with CXR_API_KEYS."
@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     def model_file(self) -> Path:
         """The file actually served: `model_path`, or its sibling of the chosen variant."""
         return variant_path(self.model_path, self.model_variant)
+
+    @property
+    def variant_of(self) -> Path | None:
+        """The FP32 model a variant stands in for (None when serving FP32 itself)."""
+        return None if self.model_variant == "fp32" else self.model_path
 
 
 def variant_path(model_path: Path, variant: str) -> Path:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from service.errors import ServiceError
 
@@ -24,13 +25,16 @@ async def read_upload(content_type: str | None, content_length: str | None, body
     if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes:
         raise too_large(max_bytes)
     media_type, options = parse_options_header(content_type)
-    if media_type == b"multipart/form-data":
-        boundary = options.get(b"boundary")
-        if not boundary:
-            raise ServiceError("invalid_request", "multipart body without a boundary")
-        return await _read_multipart_file(boundary, body, max_bytes)
-    if media_type in RAW_CONTENT_TYPES:
-        return await _read_all(body, max_bytes)
+    try:
+        if media_type == b"multipart/form-data":
+            boundary = options.get(b"boundary")
+            if not boundary:
+                raise ServiceError("invalid_request", "multipart body without a boundary")
+            return await _read_multipart_file(boundary, body, max_bytes)
+        if media_type in RAW_CONTENT_TYPES:
+            return await _read_all(body, max_bytes)
+    except ClientDisconnect:  # an aborted upload is the client's doing, not a server error
+        raise ServiceError("client_disconnected", "the client closed the connection during the upload") from None
     raise ServiceError(
         "unsupported_media_type",
         "send multipart/form-data with a field 'file', or a raw body as image/png, image/jpeg or application/dicom",

@@ -129,3 +129,23 @@ def test_http_requests_share_batches_without_leakage(slow_model: Path, decode_pr
     assert max(body["batch_size"] for body in bodies) > 1, "no two requests shared a batch"
     np.testing.assert_allclose([body["effusion_probability"] for body in bodies], expected, atol=1e-5)
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "undecodable_image"
+
+
+def test_a_model_answering_the_wrong_shape_fails_its_requests_not_the_worker() -> None:
+    calls = []
+
+    def flaky(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return np.full(len(batch) + (1 if len(calls) == 1 else 0), 0.5, dtype=np.float32)  # first call: one too many
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(flaky, max_batch=4, max_delay_s=0.0, max_queue=4)
+        batcher.start()
+        tensor = np.zeros((1, 1, 256, 256), dtype=np.float32)
+        with pytest.raises(ServiceError) as error:
+            await batcher.submit(tensor)
+        assert error.value.code == "internal_error"
+        assert (await batcher.submit(tensor)).probability == 0.5  # the worker survived
+        await batcher.stop()
+
+    asyncio.run(scenario())

@@ -113,3 +113,12 @@ def test_non_finite_pixels_are_refused() -> None:
     with pytest.raises(ServiceError) as error:
         preprocess(pixels)
     assert error.value.code == "unsupported_image"
+
+
+def test_values_that_overflow_the_sums_are_refused() -> None:
+    # Finite pixels whose block sums overflow float64 (a DICOM rescale slope of 1e308 does this).
+    pixels = np.zeros((1024, 1024), dtype=np.float64)
+    pixels[:4, :4] = 1.7e308
+    with pytest.raises(ServiceError) as error:
+        preprocess(pixels)
+    assert error.value.code == "unsupported_image"

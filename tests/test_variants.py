@@ -11,9 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from model_export.variants import build_variant
-from service.model import contract_metadata, load_model
+from service.model import ModelError, contract_metadata, load_model
 from service.prepare import prepare
 from service.settings import Settings
+from tests.model_factory import build_model
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,15 @@ def test_variant_whose_auroc_drops_is_not_offered(source: Path, scans: tuple[np.
     assert not report.offered and report.path is None
     assert report.fp32_auroc - report.auroc > 0.005
     assert not stale.exists()
+
+
+def test_a_variant_of_another_model_is_refused(tmp_path: Path) -> None:
+    """Serving `<stem>.int8.onnx` beside a retrained `<stem>.onnx` would run stale weights: refused at start-up."""
+    fp32 = build_model(tmp_path / "m.onnx")
+    metadata = contract_metadata(
+        threshold=0.5, model_name="m", model_version="1", variant={"variant": "int8", "source_sha256": "0" * 64}
+    )
+    variant = build_model(tmp_path / "m.int8.onnx", metadata=metadata)
+    with pytest.raises(ModelError, match="built from another model"):
+        load_model(variant, policy="cpu", variant_of=fp32)
+    load_model(variant, policy="cpu")  # without a source to check against, the file itself is valid
