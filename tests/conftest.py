@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -22,6 +24,16 @@ SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared"
 NIH_DIR = SHARED_DATA / "nih-train"
 
 
+def require_module(name: str) -> ModuleType:
+    """An optional test dependency; missing, it fails under CI (which installs every extra) and skips elsewhere."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; CI installs the cpu,dev,train,client extras", pytrace=False)
+        pytest.skip(f"{name} is not installed", allow_module_level=True)
+
+
 def require_nih() -> Path:
     """The real NIH images; missing data fails under CI and skips elsewhere."""
     if not (NIH_DIR / "labels.csv").exists():
@@ -29,6 +41,14 @@ def require_nih() -> Path:
             pytest.fail(f"shared NIH data not found at {NIH_DIR}")
         pytest.skip(f"shared NIH data not found at {NIH_DIR} (set CXR_SHARED_DATA)")
     return NIH_DIR
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests build their settings explicitly: a CXR_* variable in the caller's shell must not change them."""
+    for name in list(os.environ):
+        if name.startswith("CXR_") and name != "CXR_SHARED_DATA":
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,8 @@ class LiveServer:
 def running_service(model: Path, *, ready_timeout: float = 60.0, **env: str) -> Iterator[LiveServer]:
     """Start the service with `CXR_*` overrides in `env`, wait for /ready, always stop it."""
     port = free_port()
-    environment = {**os.environ, "CXR_EXECUTION_PROVIDER": "cpu", "CXR_WARMUP_RUNS": "1", **env}
+    ambient = {name: value for name, value in os.environ.items() if not name.startswith("CXR_")}  # e.g. a shell's CXR_API_KEYS
+    environment = {**ambient, "CXR_EXECUTION_PROVIDER": "cpu", "CXR_WARMUP_RUNS": "1", **env}
     with tempfile.TemporaryDirectory() as folder:
         log_path = Path(folder) / "server.log"
         with log_path.open("wb") as log_file:

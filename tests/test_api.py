@@ -90,7 +90,7 @@ def test_oversized_body(mean_model: Path) -> None:
         assert_error(post_file(client, b"\x89PNG\r\n\x1a\n" + bytes(10_000)), 413, "payload_too_large")
 
 
-def test_requests_do_not_share_results(client: TestClient) -> None:
+def test_each_request_gets_its_own_answer(client: TestClient) -> None:
     dark = np.zeros((512, 512), dtype=np.uint8)
     dark[:8] = 255  # mostly dark: low mean
     bright = np.full((512, 512), 255, dtype=np.uint8)

@@ -91,15 +91,14 @@ def test_mutated_valid_files_never_cause_a_server_error(app_client: TestClient, 
 
 @FUZZ
 @given(
-    content_type=st.one_of(st.text(max_size=80), st.sampled_from(["multipart/form-data", "multipart/form-data; boundary="])),
+    content_type=st.one_of(
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80),  # what a client can send
+        st.sampled_from(["multipart/form-data", "multipart/form-data; boundary="]),
+    ),
     body=st.binary(max_size=512),
 )
 def test_random_content_types_never_cause_a_server_error(app_client: TestClient, content_type: str, body: bytes) -> None:
-    try:
-        headers = {"Content-Type": content_type.encode("latin-1", "ignore").decode("latin-1").strip()}
-        response = app_client.post("/predict", content=body, headers=headers)
-    except (UnicodeEncodeError, ValueError):  # httpx itself refuses some header values
-        return
+    response = app_client.post("/predict", content=body, headers={"Content-Type": content_type.strip()})
     assert_clean(response)
 
 

@@ -106,12 +106,14 @@ def test_contract_round_trips_and_labels_by_threshold() -> None:
     assert contract.label(0.29) == "no_effusion"
 
 
-def test_cpu_quota_from_cgroup_v2(tmp_path: Path) -> None:
+def test_cpu_quota_from_cgroup_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))  # a 64-core host
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert cgroup_cpu_quota(tmp_path) == 1.5
-    assert 1 <= available_cpus(tmp_path) <= 2
+    assert available_cpus(tmp_path) == 2  # the container's 1.5 CPUs, rounded up; not the host's 64
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert cgroup_cpu_quota(tmp_path) is None
+    assert available_cpus(tmp_path) == 64
 
 
 def test_cpu_quota_from_cgroup_v1(tmp_path: Path) -> None:

@@ -128,7 +128,8 @@ def test_logs_are_json_lines_with_request_ids_and_no_patient_data(logged_server)
             assert response.status_code == status, response.text
             assert response.headers["x-request-id"] == request_id
             if status == 200:
-                assert response.json()["input"]["sop_instance_uid"] in (None, SOP_INSTANCE_UID)
+                expected_uid = SOP_INSTANCE_UID if request_id == "req-good-dicom" else None  # a hostile UID is not echoed
+                assert response.json()["input"]["sop_instance_uid"] == expected_uid
         assert client.get("/live").status_code == 200
 
     log = logged_server.log()

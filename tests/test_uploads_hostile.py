@@ -231,7 +231,7 @@ def test_chunked_body_without_length_is_cut_off_while_streaming(small_limit_serv
     first = chunked(prefix + b"\x89PNG\r\n\x1a\n")
     answer, sent = send_until_answered(small_limit_server, head + first, chunked(bytes(64 * 1024)), give_up_after)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert b"payload_too_large" in answer or b"content-length" in answer.lower()
+    assert b"payload_too_large" in answer
     assert sent < 8 * MAX_UPLOAD, f"the server read {sent} bytes before refusing"
 
 

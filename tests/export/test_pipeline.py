@@ -17,7 +17,9 @@ import onnx
 import pytest
 from sklearn.metrics import roc_auc_score
 
-torch = pytest.importorskip("torch")
+from tests.conftest import require_module
+
+torch = require_module("torch")
 
 from model_export.__main__ import build_parser, main
 from model_export.synthetic import phantom, write_dataset
