@@ -26,7 +26,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from service.errors import ServiceError
-from service.imaging import DICOM_MAGIC_OFFSET, DICOM_PREFIX, DecodedImage
+from service.imaging import DICOM_MAGIC_OFFSET, DICOM_PREFIX, DecodedImage, check_declared_size
 
 # Element values are validated lazily and reported as warnings that quote the offending
 # value, which may be a patient name: never let them reach stderr or the logs.
@@ -110,14 +110,7 @@ def check_header(dataset: Dataset, *, max_pixels: int) -> str:
         raise ServiceError(
             "unsupported_modality", f"modality {modality[:16]} is not a projection radiograph (CR, DX, DR, RG or OT expected)"
         )
-    if rows <= 0 or columns <= 0:
-        raise ServiceError("image_too_small", "image has no pixels")
-    if rows * columns > max_pixels:
-        raise ServiceError(
-            "too_many_pixels", f"image declares {columns}x{rows} pixels; the limit is {max_pixels} pixels"
-        )
-    if frames > 1:
-        raise ServiceError("multi_frame", f"the DICOM file has {frames} frames; send a single frame")
+    check_declared_size(columns, rows, frames, max_pixels=max_pixels)
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ServiceError(
             "unsupported_image",

@@ -60,6 +60,18 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def check_declared_size(width: int, height: int, frames: int, *, max_pixels: int) -> None:
+    """Refuse from the header alone, before any pixel is decoded: empty, bomb-sized or multi-frame images."""
+    if width <= 0 or height <= 0:
+        raise ServiceError("image_too_small", "image has no pixels")
+    if width * height > max_pixels:
+        raise ServiceError(
+            "too_many_pixels", f"image declares {width}x{height} pixels; the limit is {max_pixels} pixels"
+        )
+    if frames > 1:
+        raise ServiceError("multi_frame", f"the file has {frames} frames; send a single frame")
+
+
 def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode PNG, JPEG or DICOM bytes; refuse anything else with a stable error code."""
     if not data:
@@ -85,15 +97,7 @@ def decode_raster(data: bytes, kind: str, *, max_pixels: int) -> DecodedImage:
     except Exception as error:  # any failure on untrusted bytes means "not a valid image"
         raise ServiceError("undecodable_image", f"the {kind.upper()} file could not be decoded") from error
 
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ServiceError(
-            "too_many_pixels", f"image declares {width}x{height} pixels; the limit is {max_pixels} pixels"
-        )
-    if getattr(image, "n_frames", 1) > 1:
-        raise ServiceError("multi_frame", "animated or multi-frame images are not accepted; send one frame")
-    if width == 0 or height == 0:
-        raise ServiceError("image_too_small", "image has no pixels")
+    check_declared_size(*image.size, getattr(image, "n_frames", 1), max_pixels=max_pixels)
 
     try:
         image.load()
@@ -112,9 +116,7 @@ def decode_raster(data: bytes, kind: str, *, max_pixels: int) -> DecodedImage:
         pixels = np.asarray(image)
     except ServiceError:
         raise
-    except Image.DecompressionBombError as error:
-        raise ServiceError("too_many_pixels", "the image declares more pixels than allowed") from error
-    except Exception as error:
+    except Exception as error:  # Pillow's own pixel limit already fired at open; this is a broken file
         raise ServiceError("undecodable_image", f"the {kind.upper()} file is truncated or corrupt") from error
 
     if pixels.ndim != 2:
