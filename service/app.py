@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from service import __version__
+from service import __version__, png
 from service.admission import Admission
 from service.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, document_security, load_api_keys
 from service.batching import MicroBatcher
@@ -229,7 +229,11 @@ async def _warm_up(state: ServiceState, model: Model) -> None:
         return
     state.readiness.set("ready")
     logger.info(
-        "ready: model %s %s on %s", model.contract.model_name, model.contract.model_version, model.execution_provider
+        "ready: model %s %s on %s; PNG decoder: %s",
+        model.contract.model_name,
+        model.contract.model_version,
+        model.execution_provider,
+        "fast path (service/png.py)" if png.available() else "Pillow only (service._pngfilter was not built)",
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from service.errors import ServiceError
+from service.png import decode_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -89,7 +90,13 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
 
 
 def decode_raster(data: bytes, kind: str, *, max_pixels: int) -> DecodedImage:
-    """PNG or JPEG through Pillow: header checks first, so a bomb is refused before decoding."""
+    """PNG or JPEG through Pillow: header checks first, so a bomb is refused before decoding.
+
+    A plain grayscale PNG takes service/png.py's faster path, which gives Pillow's pixels.
+    """
+    if kind == "png" and (fast := decode_png(data, max_pixels=max_pixels)) is not None:
+        pixels, mode = fast
+        return DecodedImage(pixels=pixels, format=kind, mode=mode, converted=False)
     try:
         image = Image.open(io.BytesIO(data), formats=[kind.upper()])
     except Image.DecompressionBombError as error:
