@@ -2,7 +2,9 @@
 
     python -m benchmarks.decoders
 
-OpenCV, pyspng and imagecodecs are measured only when installed
+The service decodes plain grayscale PNGs with its own fast path (service/png.py: ISA-L inflate and
+a C unfilter kernel) and everything else with Pillow. OpenCV, pyspng and imagecodecs are measured
+only when installed
 (`pip install opencv-python-headless pyspng imagecodecs`): they are candidates that were not
 chosen, not dependencies (docs/performance.md says why).
 """
@@ -12,15 +14,20 @@ from __future__ import annotations
 import importlib.util
 import io
 import statistics
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from isal import isal_zlib
 from PIL import Image
 
 from benchmarks.naive_recipe import naive_tensor
 from benchmarks.run import DEFAULT_DATA, MAX_PIXELS, nih_scans
+from service._pngfilter import unfilter
+from service.png import decode_png
 from service.prepare import prepare
 from service.preprocessing import preprocess
 
@@ -40,11 +47,35 @@ def literal_recipe(pixels: np.ndarray) -> np.ndarray:
     return scaled.reshape(256, 4, 256, 4).mean(axis=(1, 3))
 
 
+def idat_stream(scan: bytes) -> bytes:
+    """The zlib stream of a PNG: its IDAT chunks' data, joined."""
+    parts, position = [], 8
+    while position < len(scan):
+        length, kind = struct.unpack_from(">I4s", scan, position)
+        if kind == b"IDAT":
+            parts.append(scan[position + 8 : position + 8 + length])
+        position += 12 + length
+    return b"".join(parts)
+
+
+def unfilter_into_new_array(rows: bytes) -> np.ndarray:
+    """The kernel's share of decode_png on a 1024x1024 8-bit scan: allocate the pixels, undo the row filters."""
+    pixels = np.empty((1024, 1024), np.uint8)
+    unfilter(rows, pixels, 1024, 1024, 1)
+    return pixels
+
+
 def main() -> None:
     scans = nih_scans(DEFAULT_DATA, 20)
     pixels = [np.asarray(Image.open(io.BytesIO(scan))) for scan in scans]
+    streams = [idat_stream(scan) for scan in scans]
+    rows = [isal_zlib.decompress(stream) for stream in streams]
     candidates: list[tuple[str, Callable[[Any], object], list[Any]]] = [
-        ("decode: Pillow `np.asarray(Image.open(...))` - chosen", lambda d: np.asarray(Image.open(io.BytesIO(d))), scans),
+        ("decode: Pillow `np.asarray(Image.open(...))` - the fallback", lambda d: np.asarray(Image.open(io.BytesIO(d))), scans),
+        ("decode: service fast path (`service.png.decode_png`) - chosen", lambda d: decode_png(d, max_pixels=MAX_PIXELS), scans),
+        ("inflate only: stdlib zlib", zlib.decompress, streams),
+        ("inflate only: ISA-L (`isal.isal_zlib`) - chosen", isal_zlib.decompress, streams),
+        ("unfilter only: C kernel (`service._pngfilter`) - chosen", unfilter_into_new_array, rows),
     ]
     if importlib.util.find_spec("imagecodecs"):
         import imagecodecs
