@@ -11,6 +11,7 @@ same code on a CPU-only machine.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -18,22 +19,27 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from benchmarks.loadgen import Body, run_hey
 from benchmarks.resnet18 import benchmark_model
 from benchmarks.run import Server
+from service import png
 from service.model import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, load_model, session_options
+from service.png import decode_png
 from service.prepare import prepare
 from service.settings import variant_path
 
 MAX_PIXELS = 25_000_000
 SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+SECTIONS = ("cudnn", "throughput", "placement", "decode", "service")
 
 
 def log(message: str) -> None:
@@ -109,6 +115,56 @@ def rate(function: Any, size: int, seconds: float) -> float:
     return round(count * size / (time.perf_counter() - started), 1)
 
 
+def per_scan(images: list[bytes], repeats: int) -> dict[str, float]:
+    """Median ms per scan on one thread of this host's CPU: Pillow, the service's fast PNG path, and decode + preprocess."""
+
+    def median_ms(function: Any) -> float:
+        return round(statistics.median(t for image in images for t in timed(lambda: function(image), repeats)), 2)
+
+    results = {
+        "pillow_decode": median_ms(lambda image: np.asarray(Image.open(io.BytesIO(image)))),
+        "fast_png_decode": median_ms(lambda image: decode_png(image, max_pixels=MAX_PIXELS)),
+        "decode_preprocess": median_ms(lambda image: prepare(image, MAX_PIXELS)),
+        "fast_path_built": png.available(),
+    }
+    log(f"per scan, one thread: {results}")
+    return results
+
+
+def placement(models: dict[str, Path], provider: str, size: int, repeats: int) -> dict[str, Any]:
+    """Where each variant's nodes run and what they cost (ONNX Runtime's profiler), and the cost of fetching the heatmap.
+
+    Asks why the FP16 variant served fewer requests than FP32 although its raw throughput is higher.
+    """
+    results: dict[str, Any] = {}
+    batch = np.random.default_rng(size).random((size, 1, 256, 256), dtype=np.float32)
+    for name, path in models.items():
+        options = session_options(os.cpu_count() or 1)
+        options.enable_profiling = True
+        options.profile_file_prefix = f"/tmp/cxr-profile-{name}"
+        providers: list[Any] = [(CUDA, {"cudnn_conv_algo_search": "EXHAUSTIVE"}), CPU] if provider == "cuda" else [CPU]
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        outputs = [output.name for output in sess.get_outputs()]
+        for _ in range(3):
+            sess.run(outputs, {INPUT_NAME: batch})
+        row: dict[str, Any] = {
+            "probability_only_ms": round(statistics.median(timed(lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: batch}), repeats)), 3),
+            "with_heatmap_ms": round(statistics.median(timed(lambda: sess.run(outputs, {INPUT_NAME: batch}), repeats)), 3),
+        }
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        by_provider: dict[str, dict[str, float]] = {}
+        for event in events:
+            args = event.get("args", {})
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time") and "provider" in args:
+                entry = by_provider.setdefault(args["provider"], {"kernel_ms": 0.0, "ops": set()})
+                entry["kernel_ms"] += event["dur"] / 1000.0
+                entry["ops"].add(args.get("op_name", "?"))
+        row["kernels"] = {key: {"ms": round(value["kernel_ms"], 2), "ops": sorted(value["ops"])} for key, value in by_provider.items()}
+        results[name] = row
+        log(f"placement {name} batch {size}: {row}")
+    return results
+
+
 def decode_scaling(images: list[bytes], workers: list[int], seconds: float) -> dict[str, Any]:
     """Scans/s of decode + preprocess with N threads vs N spawned processes."""
     results: dict[str, Any] = {}
@@ -125,15 +181,33 @@ def decode_scaling(images: list[bytes], workers: list[int], seconds: float) -> d
     return results
 
 
+def all_ready(url: str, checks: int = 40, timeout: float = 120.0) -> None:
+    """With several uvicorn workers one 200 from /ready is not enough: each worker warms up on its own."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(urllib.request.urlopen(url, timeout=2).status == 200 for _ in range(checks)):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer 200 on every connection within {timeout}s")
+
+
 def service_runs(model: Path, image: Path, provider: str, configs: list[dict[str, str]], seconds: int) -> list[dict[str, Any]]:
-    """Start `python -m service` per configuration and load it with hey at concurrency 64."""
+    """Start the service per configuration (`workers`: that many uvicorn processes) and load it with hey at concurrency 64."""
     results = []
     for number, config in enumerate(configs):
         port = 8100 + number
         env = {"CXR_MODEL_PATH": str(model), "CXR_EXECUTION_PROVIDER": provider, "CXR_PORT": str(port), **config}
+        env.pop("workers", None)
+        command = [sys.executable, "-m", "service"]
+        if "workers" in config:
+            command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port),
+                       "--workers", config["workers"], "--no-access-log"]
         row: dict[str, Any] = {"config": config}
         try:
-            with Server([sys.executable, "-m", "service"], env, f"http://127.0.0.1:{port}/ready"):
+            with Server(command, env, f"http://127.0.0.1:{port}/ready"):
+                all_ready(f"http://127.0.0.1:{port}/ready")
                 body = Body(image, "image/png")  # the service takes a raw PNG body as well as multipart
                 row.update(run_hey(f"http://127.0.0.1:{port}/predict", body, concurrency=64, seconds=seconds))
         except RuntimeError as error:  # not ready: keep the server's log tail in the report
@@ -150,7 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--provider", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--no-service", action="store_true", help="skip the end-to-end service run (needs hey on PATH)")
     parser.add_argument("--quick", action="store_true", help="small sizes and short runs (rehearsal)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
     report: dict[str, Any] = {"host": platform.node(), "cpus": os.cpu_count(), "onnxruntime": ort.__version__,
@@ -171,27 +247,36 @@ def main(argv: list[str] | None = None) -> None:
     log(f"load_model(policy={args.provider!r}) -> {model.execution_provider}; problem: {report['provider_problem']}")
     del model
 
-    sizes = [1, 8, 32] if quick else [1, 8, 32, 64]
-    report["cudnn_search"] = cudnn_search(fp32, args.provider, sizes, 5 if quick else 30)
-    tp_sizes = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64]
-    seconds = 0.5 if quick else 1.5
-    report["throughput_fp32"] = throughput(fp32, args.provider, tp_sizes, seconds)
-    report["throughput_fp16"] = throughput(fp16, args.provider, tp_sizes, seconds)
+    if "cudnn" in sections:
+        sizes = [1, 8, 32] if quick else [1, 8, 32, 64]
+        report["cudnn_search"] = cudnn_search(fp32, args.provider, sizes, 5 if quick else 30)
+    if "throughput" in sections:
+        tp_sizes = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64]
+        seconds = 0.5 if quick else 1.5
+        report["throughput_fp32"] = throughput(fp32, args.provider, tp_sizes, seconds)
+        report["throughput_fp16"] = throughput(fp16, args.provider, tp_sizes, seconds)
+    if "placement" in sections:
+        report["placement"] = placement({"fp32": fp32, "fp16": fp16}, args.provider, 32, 5 if quick else 30)
 
     images = [path.read_bytes() for path in sorted(args.images.glob("*.png"))]
     cpus = os.cpu_count() or 1
-    workers = sorted({1, max(1, cpus // 2), cpus})
-    report["decode_scaling"] = decode_scaling(images, workers, 1.0 if quick else 3.0)
+    if "decode" in sections:
+        report["per_scan"] = per_scan(images, 2 if quick else 5)
+        workers = sorted({1, max(1, cpus // 2), cpus})
+        report["decode_scaling"] = decode_scaling(images, workers, 1.0 if quick else 3.0)
 
-    if not args.no_service:
+    if "service" in sections and not args.no_service:
         scan = sorted(args.images.glob("*.png"))[0]
         decoders = max(1, cpus - 2)
+        base = {"CXR_MAX_BATCH": "32", "CXR_MAX_QUEUE": "256"}
         configs = [
-            {"CXR_MAX_BATCH": "32", "CXR_MAX_QUEUE": "256"},
-            {"CXR_MAX_BATCH": "32", "CXR_MAX_QUEUE": "256", "CXR_DECODE_PROCESSES": str(decoders)},
+            base,
+            {**base, "CXR_DECODE_PROCESSES": str(decoders)},
+            {**base, "workers": "2", "CXR_DECODE_THREADS": str(max(1, cpus // 2))},
+            {**base, "workers": "4", "CXR_DECODE_THREADS": str(max(1, cpus // 4))},
         ]
         if args.provider == "cuda":
-            configs.append({"CXR_MAX_BATCH": "32", "CXR_MAX_QUEUE": "256", "CXR_DECODE_PROCESSES": str(decoders), "CXR_MODEL_VARIANT": "fp16"})
+            configs.append({**base, "CXR_MODEL_VARIANT": "fp16"})
         report["service"] = service_runs(fp32, scan, args.provider, configs, 3 if quick else 10)
 
     (args.out / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
