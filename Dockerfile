@@ -11,11 +11,18 @@
 # classic builder, which builds every stage up to its target, never builds the GPU stack for
 # `--target cpu`. docs/deployment.md has the rest.
 
-# Any image with python3 (3.11+) and its venv module: the official slim image by default, or an
-# air-gapped site's own Debian base (`debootstrap --include=python3,python3-venv`).
+# Two images, one Python. BUILD_IMAGE fills /opt/venv: the project is built from source there,
+# with its C extension service._pngfilter (the fast PNG path), so it needs a C compiler and the
+# Python headers; the build fails if the extension was not built. BASE_IMAGE runs the service
+# and has neither. The venv is copied from one to the other and keeps pointing at the builder's
+# interpreter, so both images must have the same Python (3.11+, with its venv module) at the
+# same path: the official full and slim images of one tag (the defaults), or an air-gapped
+# site's pair from deploy/debian-base-image.sh (its build image is the base plus gcc, libc6-dev
+# and python3-dev). The runtime stages check that the copied venv runs.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG BUILD_IMAGE=python:3.11-bookworm
 
-FROM ${BASE_IMAGE} AS python-base
+FROM ${BUILD_IMAGE} AS build-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -25,7 +32,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # wheelhouse when there is one, and an empty virtual environment at the path the runtime stages
 # use. COPY needs a source even when building from an index: pyproject.toml stands in, and pip
 # never looks in /wheelhouse then. PIP_INDEX_URL and CXR_WHEELHOUSE live only in build stages.
-FROM python-base AS source
+FROM build-base AS source
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG WHEELHOUSE=
 ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
@@ -36,20 +43,26 @@ COPY deploy/docker/install-venv.sh deploy/docker/
 COPY ${WHEELHOUSE:-pyproject.toml} /wheelhouse/
 RUN python3 -m venv /opt/venv
 
-# Dependencies first (cached until pyproject.toml or the wheelhouse changes), then the code.
+# Dependencies first (cached until pyproject.toml or the wheelhouse changes), then the code,
+# compiled (install-venv.sh fails unless service._pngfilter imports).
 FROM source AS cpu-venv
 RUN deploy/docker/install-venv.sh dependencies cpu
 COPY service/ service/
 RUN deploy/docker/install-venv.sh project
 
-# What both runtime targets share: no compilers, no pip, no caches; a non-root user that owns
-# nothing it could rewrite; the default model baked in (mount another and set CXR_MODEL_PATH).
-FROM python-base AS runtime
+# What both runtime targets share: BASE_IMAGE, no compilers or headers, no pip, no caches; a
+# non-root user that owns nothing it could rewrite; the default model baked in (mount another and
+# set CXR_MODEL_PATH).
+FROM ${BASE_IMAGE} AS runtime
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin cxr
 COPY models/ /opt/cxr-effusion/models/
 COPY deploy/docker/healthcheck.py /opt/cxr-effusion/healthcheck.py
-ENV PATH=/opt/venv/bin:$PATH \
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PATH=/opt/venv/bin:$PATH \
     CXR_HOST=0.0.0.0 \
     CXR_PORT=8000 \
     CXR_MODEL_PATH=/opt/cxr-effusion/models/cxr-effusion-resnet18.onnx
@@ -87,6 +100,9 @@ LABEL org.opencontainers.image.title="cxr-effusion" \
 
 FROM runtime AS cpu
 COPY --from=cpu-venv /opt/venv /opt/venv
+# The venv's python is a link to BUILD_IMAGE's interpreter: fail here, not at start-up, when
+# BASE_IMAGE has no such Python (another path or version: see BUILD_IMAGE above).
+RUN ["/opt/venv/bin/python3", "-I", "-c", "import service._pngfilter"]
 LABEL io.cxr-effusion.variant="cpu"
 
 FROM source AS gpu-venv
@@ -99,6 +115,9 @@ RUN deploy/docker/install-venv.sh project
 # is not really active (CXR_EXECUTION_PROVIDER=cuda); set it to `auto` to allow a CPU fallback.
 FROM runtime AS gpu
 COPY --from=gpu-venv /opt/venv /opt/venv
+# The venv's python is a link to BUILD_IMAGE's interpreter: fail here, not at start-up, when
+# BASE_IMAGE has no such Python (another path or version: see BUILD_IMAGE above).
+RUN ["/opt/venv/bin/python3", "-I", "-c", "import service._pngfilter"]
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     CXR_EXECUTION_PROVIDER=cuda
 LABEL io.cxr-effusion.variant="gpu"

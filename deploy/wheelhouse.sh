@@ -8,14 +8,20 @@
 # Run from the repository root on any host with pip and access to an index (or a mirror pip is
 # configured for). The wheels are for the container's Python, not the host's: CPython
 # CXR_WHEEL_PYTHON (default 3.11) on manylinux x86_64 up to glibc 2.CXR_WHEEL_GLIBC_MINOR
-# (default 36, Debian bookworm). pip skips wheels already in the folder.
+# (default 36, Debian bookworm). pip skips wheels already in the folder. Needs Python 3.11+ (tomllib).
 set -euo pipefail
 
 if [ "$#" -eq 0 ]; then
     echo "usage: deploy/wheelhouse.sh cpu|gpu [cpu|gpu]" >&2
     exit 2
 fi
-requirements=(setuptools)  # the project's build backend, for the wheel the image build makes of it
+# The project's build backend (pyproject.toml's [build-system] requires: setuptools>=74.1): the image
+# builds the project from source, C extension included, in an isolated build environment that pip
+# fills from the wheelhouse too.
+mapfile -t requirements < <("${PYTHON:-python3}" -c '
+import tomllib
+print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")')
+[ "${#requirements[@]}" -gt 0 ] || { echo "could not read [build-system] requires from pyproject.toml" >&2; exit 1; }
 for flavour in "$@"; do
     case "$flavour" in
         cpu | gpu) requirements+=(".[$flavour]") ;;
