@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
             {**base, "workers": "4", "CXR_DECODE_THREADS": str(max(1, cpus // 4))},
         ]
         if args.provider == "cuda":
-            configs.append({**base, "CXR_MODEL_VARIANT": "fp16"})
+            # served as a model of its own: the benchmark's FP16 file has no variant metadata (no AUROC to report)
+            configs.append({**base, "CXR_MODEL_PATH": str(fp16)})
         report["service"] = service_runs(fp32, scan, args.provider, configs, 3 if quick else 10)
 
     (args.out / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -161,7 +161,7 @@ def pipeline_ceiling(settings: Settings, scans: list[bytes], seconds: float, con
         return done / elapsed
 
     scans_per_second = round(asyncio.run(drive()), 1)
-    log(f"(c) ceiling {settings.model_variant}: {scans_per_second} scans/s")
+    log(f"(c) ceiling {settings.model_path.name}: {scans_per_second} scans/s")
     return scans_per_second
 
 
@@ -214,7 +214,12 @@ def load_series(name: str, url: str, body: Body, concurrencies: list[int], secon
 
 
 def service_env(model: Path, variant: str, **extra: str) -> dict[str, str]:
-    return {"CXR_MODEL_PATH": str(model), "CXR_MODEL_VARIANT": variant, "CXR_EXECUTION_PROVIDER": "cpu", **extra}
+    """The service's environment for one variant of the benchmark model.
+
+    The variant file is served as a model of its own: a random-weight model has no AUROC, so its
+    INT8 file carries no variant metadata, which `CXR_MODEL_VARIANT` rightly insists on.
+    """
+    return {"CXR_MODEL_PATH": str(variant_path(model, variant)), "CXR_EXECUTION_PROVIDER": "cpu", **extra}
 
 
 def end_to_end(model: Path, scans: list[bytes], args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     results["raw"] = raw_inference({"fp32": fp32, "int8": int8}, [1, 8] if args.quick else [1, 2, 4, 8, 16, 32], seconds)
     results["per_scan"] = per_scan_costs(scans, 1 if args.quick else 3)
     results["ceiling"] = {
-        variant: pipeline_ceiling(Settings(model_path=fp32, model_variant=variant, execution_provider="cpu"), scans, args.seconds)
+        variant: pipeline_ceiling(Settings(model_path=variant_path(fp32, variant), execution_provider="cpu"), scans, args.seconds)
         for variant in ("fp32", "int8")
     }
     with tempfile.TemporaryDirectory() as work:
