@@ -18,8 +18,8 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from benchmarks.loadgen import Body, run_hey
 from benchmarks.resnet18 import benchmark_model
 from benchmarks.run import Server
 from service import png
+from service.logs import log_config
 from service.model import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, load_model, session_options
 from service.png import decode_png
 from service.prepare import prepare
@@ -181,16 +182,16 @@ def decode_scaling(images: list[bytes], workers: list[int], seconds: float) -> d
     return results
 
 
-def all_ready(url: str, checks: int = 40, timeout: float = 120.0) -> None:
-    """With several uvicorn workers one 200 from /ready is not enough: each worker warms up on its own."""
+def all_ready(server: Server, workers: int, timeout: float = 180.0) -> None:
+    """Wait for every uvicorn worker's "ready:" log line: each warms up on its own, and probing /ready
+    is not enough, since the kernel may hand every probe connection to the same worker."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if all(urllib.request.urlopen(url, timeout=2).status == 200 for _ in range(checks)):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer 200 on every connection within {timeout}s")
+        server.log.seek(0)
+        if server.log.read().count(b"ready: model") >= workers:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"fewer than {workers} workers became ready within {timeout}s")
 
 
 def service_runs(model: Path, image: Path, provider: str, configs: list[dict[str, str]], seconds: int) -> list[dict[str, Any]]:
@@ -202,12 +203,15 @@ def service_runs(model: Path, image: Path, provider: str, configs: list[dict[str
         env.pop("workers", None)
         command = [sys.executable, "-m", "service"]
         if "workers" in config:
+            # the service's own log configuration, so each worker's "ready:" line reaches the log
+            log_file = Path(tempfile.gettempdir()) / "cxr-gpu-check-logging.json"
+            log_file.write_text(json.dumps(log_config("info", "text"), default=lambda cls: f"{cls.__module__}.{cls.__qualname__}"))
             command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port),
-                       "--workers", config["workers"], "--no-access-log"]
+                       "--workers", config["workers"], "--no-access-log", "--log-config", str(log_file)]
         row: dict[str, Any] = {"config": config}
         try:
-            with Server(command, env, f"http://127.0.0.1:{port}/ready"):
-                all_ready(f"http://127.0.0.1:{port}/ready")
+            with Server(command, env, f"http://127.0.0.1:{port}/ready") as server:
+                all_ready(server, int(config.get("workers", "1")))
                 body = Body(image, "image/png")  # the service takes a raw PNG body as well as multipart
                 row.update(run_hey(f"http://127.0.0.1:{port}/predict", body, concurrency=64, seconds=seconds))
         except RuntimeError as error:  # not ready: keep the server's log tail in the report
