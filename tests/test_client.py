@@ -52,10 +52,11 @@ def test_scores_a_folder_into_a_correct_csv(scan_folder: Path, mean_model: Path,
         assert row["model_name"] == "test-mean-model" and row["label"] in ("effusion", "no_effusion")
 
 
-def test_interrupted_run_resumes_without_losing_results(scan_folder: Path, mean_model: Path, tmp_path: Path) -> None:
+def test_interrupted_run_resumes_without_losing_results(scan_folder: Path, slow_model: Path, tmp_path: Path) -> None:
     output = tmp_path / "results.csv"
     command = [sys.executable, "-m", "service.client", "predict", str(scan_folder), "-o", str(output), "-c", "2"]
-    with running_service(mean_model) as server:
+    # The slow model keeps the run going for seconds, so Ctrl-C lands in its middle however fast decoding is.
+    with running_service(slow_model) as server:
         process = subprocess.Popen([*command, "--url", server.url], cwd=REPO_ROOT, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while (not output.exists() or len(output.read_text().splitlines()) < 20) and time.monotonic() < deadline:
