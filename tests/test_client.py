@@ -55,9 +55,15 @@ def test_scores_a_folder_into_a_correct_csv(scan_folder: Path, mean_model: Path,
 def test_interrupted_run_resumes_without_losing_results(scan_folder: Path, slow_model: Path, tmp_path: Path) -> None:
     output = tmp_path / "results.csv"
     command = [sys.executable, "-m", "service.client", "predict", str(scan_folder), "-o", str(output), "-c", "2"]
-    # The slow model keeps the run going for seconds, so Ctrl-C lands in its middle however fast decoding is.
+    # The slow model keeps the run going for seconds, so Ctrl-C lands in its middle on any machine.
     with running_service(slow_model) as server:
-        process = subprocess.Popen([*command, "--url", server.url], cwd=REPO_ROOT, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            [*command, "--url", server.url],
+            cwd=REPO_ROOT,
+            stderr=subprocess.PIPE,
+            # A shell's background job inherits SIGINT ignored, and so would the client: restore it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.monotonic() + 60
         while (not output.exists() or len(output.read_text().splitlines()) < 20) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,10 @@ def test_logs_are_json_lines_with_request_ids_and_no_patient_data(logged_server)
                 assert response.json()["input"]["sop_instance_uid"] == expected_uid
         assert client.get("/live").status_code == 200
 
+    # The request line is written after the response is sent: wait for the probe's line to land.
+    deadline = time.monotonic() + 10
+    while '"route": "/live"' not in logged_server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     log = logged_server.log()
     for secret in (PATIENT_NAME, PATIENT_ID, "Zebulon", "SECRETFILENAME", "19010101"):
         assert secret not in log, f"{secret!r} leaked into the log"
