@@ -40,7 +40,7 @@ from service.settings import variant_path
 
 MAX_PIXELS = 25_000_000
 SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
-SECTIONS = ("cudnn", "throughput", "placement", "decode", "service")
+SECTIONS = ("cudnn", "throughput", "shapes", "placement", "decode", "service")
 
 
 def log(message: str) -> None:
@@ -166,6 +166,27 @@ def placement(models: dict[str, Path], provider: str, size: int, repeats: int) -
     return results
 
 
+def every_batch_size(models: dict[str, Path], provider: str, largest: int, repeats: int) -> dict[str, Any]:
+    """Steady latency (ms) at every batch size 1..largest after one warm-up run each, as the service warms up.
+
+    A size that stays slow after its warm-up run is paying cuDNN's algorithm search (or a
+    fallback) on every call: the suspect for a variant that is slower end to end than raw.
+    """
+    results: dict[str, Any] = {}
+    for name, path in models.items():
+        sess = session(path, provider)
+        sizes = range(1, largest + 1)
+        batches = {size: np.random.default_rng(size).random((size, 1, 256, 256), dtype=np.float32) for size in sizes}
+        first = {size: round(timed(lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: batches[size]}), 1)[0], 2) for size in sizes}
+        steady = {
+            size: round(statistics.median(timed(lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: batches[size]}), repeats)), 3)
+            for size in sizes
+        }
+        results[name] = {"first_ms": first, "steady_ms": steady}
+        log(f"every batch size {name}: steady {steady}")
+    return results
+
+
 def decode_scaling(images: list[bytes], workers: list[int], seconds: float) -> dict[str, Any]:
     """Scans/s of decode + preprocess with N threads vs N spawned processes."""
     results: dict[str, Any] = {}
@@ -259,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         seconds = 0.5 if quick else 1.5
         report["throughput_fp32"] = throughput(fp32, args.provider, tp_sizes, seconds)
         report["throughput_fp16"] = throughput(fp16, args.provider, tp_sizes, seconds)
+    if "shapes" in sections:
+        report["every_batch_size"] = every_batch_size({"fp32": fp32, "fp16": fp16}, args.provider, 8 if quick else 32, 3 if quick else 7)
     if "placement" in sections:
         report["placement"] = placement({"fp32": fp32, "fp16": fp16}, args.provider, 32, 5 if quick else 30)
 
