@@ -206,7 +206,7 @@ def send_until_answered(url: str, head: bytes, body_chunk: bytes, give_up_after:
             sent += len(body_chunk)
         answer = b""
         try:
-            while b"\r\n\r\n" not in answer:
+            while not answer_complete(answer):  # the head and the body can arrive in separate packets
                 part = sock.recv(65536)
                 if not part:
                     break
@@ -214,6 +214,18 @@ def send_until_answered(url: str, head: bytes, body_chunk: bytes, give_up_after:
         except ConnectionResetError:
             pass
     return answer, sent
+
+
+def answer_complete(answer: bytes) -> bool:
+    """True once the response head and as many body bytes as its Content-Length are in."""
+    head, separator, body = answer.partition(b"\r\n\r\n")
+    if not separator:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
 
 
 def chunked(data: bytes) -> bytes:
