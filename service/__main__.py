@@ -14,11 +14,10 @@ from pathlib import Path
 
 import uvicorn
 
-from service.app import create_app
+from service.app import create_app, load_configured_model
 from service.auth import AuthConfigError
 from service.logs import log_config
-from service.model import ModelError, load_model
-from service.resources import available_cpus
+from service.model import ModelError
 from service.settings import Settings
 from service.shutdown import DrainingServer
 
@@ -50,12 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.captureWarnings(True)  # library warnings become log lines in the same format
 
     try:
-        model = load_model(
-            settings.model_file,
-            policy=settings.execution_provider,
-            intra_op_threads=settings.intra_op_threads or available_cpus(),
-            variant_of=settings.variant_of,
-        )
+        model = load_configured_model(settings)
     except ModelError as error:
         print(f"error: model refused: {error}", file=sys.stderr)
         sys.exit(2)

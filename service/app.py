@@ -90,15 +90,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        threads = settings.intra_op_threads or available_cpus()
-        loaded = model or await anyio.to_thread.run_sync(
-            lambda: load_model(
-                settings.model_file,
-                policy=settings.execution_provider,
-                intra_op_threads=threads,
-                variant_of=settings.variant_of,
-            )
-        )
+        loaded = model or await anyio.to_thread.run_sync(load_configured_model, settings)
         batcher = MicroBatcher(
             loaded.predict,
             run_with_heatmap=loaded.predict_with_heatmap if loaded.has_heatmap else None,
@@ -191,6 +183,16 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     add_ui_routes(app)
     _add_middleware(app, state)
     return app
+
+
+def load_configured_model(settings: Settings) -> Model:
+    """Load and check the model `settings` name (blocking start-up work; `python -m service` calls it before binding)."""
+    return load_model(
+        settings.model_file,
+        policy=settings.execution_provider,
+        intra_op_threads=settings.intra_op_threads or available_cpus(),
+        variant_of=settings.variant_of,
+    )
 
 
 def _add_middleware(app: FastAPI, state: ServiceState) -> None:
