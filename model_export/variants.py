@@ -46,10 +46,6 @@ class VariantReport:
     offered: bool
     path: str | None
 
-    @property
-    def auroc_drop(self) -> float:
-        return self.fp32_auroc - self.auroc
-
 
 def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> Path:
     """Static INT8 quantization calibrated on preprocessed images, float32 [N, 1, 256, 256]."""
@@ -158,6 +154,6 @@ def build_run_variants(
     evaluation = np.concatenate([val, test])
     labels = np.array([sample.label for sample in [*split.val, *split.test]])
     return [
-        build_variant(model, variant, calibration=np.asarray(calibration), evaluation=evaluation, labels=labels)
+        build_variant(model, variant, calibration=calibration, evaluation=evaluation, labels=labels)
         for variant in variants
     ]
