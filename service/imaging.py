@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from service.errors import ServiceError
+from service.png import SIGNATURE as PNG_SIGNATURE
 from service.png import decode_png
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
 DICOM_PREFIX = b"DICM"
