@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         problem = loaded.provider_problem(settings.execution_provider)
         if problem is None:
             state.readiness.set("warming", "warming up every batch size")
-            warm_up = asyncio.create_task(_warm_up(state, loaded))
+            warm_up = asyncio.create_task(_warm_up(state, predictor))
         else:
             logger.error("not ready: %s", problem)
             state.readiness.set("failed", problem)
@@ -218,13 +218,12 @@ def _add_middleware(app: FastAPI, state: ServiceState) -> None:
     app.add_middleware(RequestObserver, metrics=state.metrics, known_paths=known_paths)
 
 
-async def _warm_up(state: ServiceState, model: Model) -> None:
-    settings = state.settings
+async def _warm_up(state: ServiceState, predictor: Predictor) -> None:
+    settings, model = state.settings, predictor.model
     try:
         sizes = list(range(1, settings.max_batch + 1))
         await anyio.to_thread.run_sync(lambda: model.warm_up(sizes, settings.warmup_runs))
-        if state.predictor is not None:
-            await anyio.to_thread.run_sync(state.predictor.start_decoders)
+        await anyio.to_thread.run_sync(predictor.start_decoders)
     except Exception as error:
         logger.error("warm-up failed: %s", error)
         state.readiness.set("failed", f"warm-up failed: {type(error).__name__}")
