@@ -93,6 +93,11 @@ def scores(model_path: Path, tensors: np.ndarray, *, policy: ProviderPolicy) -> 
     return np.concatenate(batches).astype(np.float64)
 
 
+def auroc(model_path: Path, tensors: np.ndarray, labels: np.ndarray, *, policy: ProviderPolicy) -> float:
+    """AUROC of the model at `model_path` on `tensors`, scored through the service's own loader."""
+    return float(roc_auc_score(labels, scores(model_path, tensors, policy=policy)))
+
+
 def build_variant(
     source: Path,
     variant: Variant,
@@ -102,19 +107,24 @@ def build_variant(
     labels: np.ndarray,
     policy: ProviderPolicy = "cpu",
     tolerance: float = AUROC_TOLERANCE,
+    fp32_auroc: float | None = None,
 ) -> VariantReport:
-    """Build one variant next to `source`; keep it only if its AUROC is within `tolerance` of FP32's."""
+    """Build one variant next to `source`; keep it only if its AUROC is within `tolerance` of FP32's.
+
+    `fp32_auroc` is the source's AUROC on `evaluation`, when the caller has measured it already.
+    """
     target = variant_path(source, variant)
-    fp32_auroc = float(roc_auc_score(labels, scores(source, evaluation, policy=policy)))
+    if fp32_auroc is None:
+        fp32_auroc = auroc(source, evaluation, labels, policy=policy)
     with tempfile.TemporaryDirectory(dir=source.parent) as scratch:
         candidate = Path(scratch) / target.name
         if variant == "int8":
             quantize_int8(source, candidate, calibration)
         else:
             convert_fp16(source, candidate)
-        auroc = float(roc_auc_score(labels, scores(candidate, evaluation, policy=policy)))
-        offered = abs(auroc - fp32_auroc) <= tolerance  # a variant that scores differently is not the same model
-        report = VariantReport(variant, auroc, fp32_auroc, len(labels), offered, str(target) if offered else None)
+        variant_auroc = auroc(candidate, evaluation, labels, policy=policy)
+        offered = abs(variant_auroc - fp32_auroc) <= tolerance  # a variant that scores differently is not the same model
+        report = VariantReport(variant, variant_auroc, fp32_auroc, len(labels), offered, str(target) if offered else None)
         if offered:
             write_metadata(candidate, source, report)
             candidate.replace(target)
@@ -153,7 +163,8 @@ def build_run_variants(
     calibration = train[np.sort(rng.choice(len(train), size=min(calibration_images, len(train)), replace=False))]
     evaluation = np.concatenate([val, test])
     labels = np.array([sample.label for sample in [*split.val, *split.test]])
+    fp32_auroc = auroc(model, evaluation, labels, policy="cpu")  # once, not once per variant
     return [
-        build_variant(model, variant, calibration=calibration, evaluation=evaluation, labels=labels)
+        build_variant(model, variant, calibration=calibration, evaluation=evaluation, labels=labels, fp32_auroc=fp32_auroc)
         for variant in variants
     ]
