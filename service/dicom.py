@@ -26,7 +26,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from service.errors import ServiceError
-from service.imaging import DICOM_MAGIC_OFFSET, DICOM_PREFIX, DecodedImage, check_declared_size
+from service.imaging import DecodedImage, check_declared_size, has_dicom_preamble
 
 # Element values are validated lazily and reported as warnings that quote the offending
 # value, which may be a patient name: never let them reach stderr or the logs.
@@ -41,7 +41,7 @@ MAX_UID_LENGTH = 64
 
 def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Read the header first (syntax, size, frames, modality), then decode pixels only if all is well."""
-    has_preamble = data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_PREFIX
+    has_preamble = has_dicom_preamble(data)
     check_transfer_syntax(data, has_preamble)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)

@@ -56,9 +56,14 @@ def sniff_format(data: bytes) -> str | None:
         return "png"
     if data.startswith(JPEG_SIGNATURE):
         return "jpeg"
-    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_PREFIX or data.startswith(DICOM_META_START):
+    if has_dicom_preamble(data) or data.startswith(DICOM_META_START):
         return "dicom"
     return None
+
+
+def has_dicom_preamble(data: bytes) -> bool:
+    """True when the bytes carry a Part 10 file's 128-byte preamble and "DICM" prefix."""
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_PREFIX
 
 
 def check_declared_size(width: int, height: int, frames: int, *, max_pixels: int) -> None:
