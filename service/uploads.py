@@ -45,15 +45,18 @@ def too_large(max_bytes: int) -> ServiceError:
     return ServiceError("payload_too_large", f"the request body exceeds {max_bytes} bytes")
 
 
-async def _read_all(body: AsyncIterator[bytes], max_bytes: int) -> bytes:
-    chunks: list[bytes] = []
+async def _bounded(body: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    """The body's chunks, refused with 413 the moment their total passes `max_bytes`."""
     size = 0
     async for chunk in body:
         size += len(chunk)
         if size > max_bytes:
             raise too_large(max_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def _read_all(body: AsyncIterator[bytes], max_bytes: int) -> bytes:
+    return b"".join([chunk async for chunk in _bounded(body, max_bytes)])
 
 
 class _FileCollector:
@@ -102,11 +105,7 @@ async def _read_multipart_file(boundary: bytes, body: AsyncIterator[bytes], max_
     collector = _FileCollector()
     try:
         parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
-        size = 0
-        async for chunk in body:
-            size += len(chunk)
-            if size > max_bytes:
-                raise too_large(max_bytes)
+        async for chunk in _bounded(body, max_bytes):
             parser.write(chunk)
         parser.finalize()
     except FormParserError as error:
