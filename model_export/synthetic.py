@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from model_export.data import CLASS_FOLDERS  # the layout `train --data` reads
+
 SIZE = 1024
-CLASS_FOLDERS = ("nofinding", "effusion")
 
 
 @dataclass(frozen=True)
