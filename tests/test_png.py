@@ -126,6 +126,7 @@ def test_mixed_filters_and_split_data_give_pillows_pixels(depth: int, height: in
 
 def test_real_nih_scans_take_the_fast_path_with_pillows_pixels(nih_dir: Path) -> None:
     scans = sorted(nih_dir.rglob("*.png"))
+    assert scans, f"no PNG scans under {nih_dir}"  # else the share below holds for nothing
     fast = 0
     for path in scans:
         data = path.read_bytes()
