@@ -121,7 +121,7 @@ def test_rescale_slope_and_intercept_are_applied(scan12: np.ndarray) -> None:
     np.testing.assert_allclose(decoded, scan12 * 0.5 - 1024)
 
 
-def test_window_is_applied_after_rescale(scan12: np.ndarray) -> None:
+def test_window_is_applied_without_rescale(scan12: np.ndarray) -> None:
     center, width = 2200.0, 1001.0
     decoded = decode(dicom_bytes(scan12, bits_stored=12, window=(center, width)), max_pixels=MAX_PIXELS).pixels
     # PS3.3 C.11.2.1.2.1, LINEAR, output range 0..4095 for unsigned 12-bit
@@ -129,6 +129,21 @@ def test_window_is_applied_after_rescale(scan12: np.ndarray) -> None:
     expected = np.clip(((x - (center - 0.5)) / (width - 1) + 0.5) * 4095, 0, 4095)
     np.testing.assert_allclose(decoded, expected, atol=1e-6)
     assert (decoded == 0).any() and (decoded == 4095).any()  # the window really clipped
+
+
+def test_window_is_applied_after_rescale(scan12: np.ndarray) -> None:
+    slope, intercept = 0.5, -1024.0
+    center, width = 100.0, 501.0  # in rescaled units: applied to the stored values it would clip everything
+    decoded = decode(
+        dicom_bytes(scan12, bits_stored=12, slope=slope, intercept=intercept, window=(center, width)),
+        max_pixels=MAX_PIXELS,
+    ).pixels
+    # The Modality LUT first, then the LINEAR window onto the rescaled 12-bit output range.
+    x = scan12.astype(np.float64) * slope + intercept
+    low, high = intercept, 4095 * slope + intercept
+    expected = np.clip(((x - (center - 0.5)) / (width - 1) + 0.5) * (high - low) + low, low, high)
+    np.testing.assert_allclose(decoded, expected, atol=1e-6)
+    assert (decoded == low).any() and (decoded == high).any() and ((decoded > low) & (decoded < high)).any()
 
 
 def test_monochrome1_is_inverted(scan12: np.ndarray) -> None:
