@@ -1,8 +1,8 @@
 """Training data: find labelled scans, split them by patient, and turn them into model tensors.
 
-Decoding and preprocessing are the service's own functions (`service.imaging.decode`,
-`service.preprocessing.preprocess`), so training sees exactly the numbers the service
-computes for the same file. Three layouts are read:
+Decoding and preprocessing are the service's own per-upload step (`service.prepare.prepare`:
+`service.imaging.decode`, then `service.preprocessing.preprocess`), so training sees exactly
+the numbers the service computes for the same file. Three layouts are read:
 
 - class folders: `<root>/effusion/*` and `<root>/nofinding/*` (the Kaggle cxr-dataset);
 - NIH ChestX-ray14 `Data_Entry_2017.csv` ("Image Index", "Finding Labels", "Patient ID")
@@ -28,8 +28,8 @@ import numpy as np
 
 from model_export.errors import DataError
 from service.errors import ServiceError
-from service.imaging import decode
-from service.preprocessing import OUTPUT_SIZE, PREPROCESSING_ID, preprocess
+from service.prepare import prepare
+from service.preprocessing import OUTPUT_SIZE, PREPROCESSING_ID
 from service.settings import Settings
 
 CLASS_FOLDERS = ("nofinding", "effusion")  # index = the network's class index
@@ -256,8 +256,7 @@ def load_tensors(samples: Sequence[Sample], *, cache_dir: Path | None = None, wo
 def read_tensor(path: Path) -> tuple[np.ndarray | None, str | None]:
     """(tensor [1, 256, 256], None) or (None, why the file cannot be used)."""
     try:
-        image = decode(path.read_bytes(), max_pixels=MAX_PIXELS)
-        return preprocess(image.pixels)[0], None
+        return prepare(path.read_bytes(), MAX_PIXELS).tensor[0], None
     except ServiceError as error:
         return None, f"{error.code}: {error.message}"
     except OSError as error:
