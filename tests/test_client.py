@@ -112,6 +112,17 @@ def test_unreachable_service_is_a_transient_error_left_for_the_next_run(nih_png:
     assert len(read_rows(output)) == 2
 
 
+def test_a_missing_file_is_an_error_row_not_an_aborted_run(nih_png: Path, tmp_path: Path) -> None:
+    output = tmp_path / "results.csv"
+    missing = tmp_path / "typo.png"
+    args = ["predict", str(missing), str(nih_png), "--url", "http://127.0.0.1:9", "-o", str(output), "--retries", "0", "--no-progress"]
+    assert main(args) == 1
+    codes = {row["file"]: row["error_code"] for row in read_rows(output)}
+    assert codes == {str(missing): "unreadable_file", str(nih_png): "connection_error"}
+    assert main(args) == 1  # left for the next run, once the file is there
+    assert len(read_rows(output)) == 4
+
+
 def test_help_explains_every_option() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service.client", "predict", "--help"],
