@@ -53,8 +53,8 @@ def test_without_a_valid_key_every_route_is_401(locked: TestClient, method: str,
     assert error["request_id"] == response.headers["x-request-id"]
 
 
-@pytest.mark.parametrize("path", ["/live", "/ready"])
-def test_probes_stay_open(locked: TestClient, path: str) -> None:
+@pytest.mark.parametrize("path", ["/live", "/ready", "/ui", "/ui/app.js", "/ui/style.css"])  # the page holds no data
+def test_probes_and_the_review_page_stay_open(locked: TestClient, path: str) -> None:
     assert locked.get(path).status_code == 200
 
 
