@@ -30,7 +30,7 @@ from PIL import Image
 
 from benchmarks.loadgen import Body, run_hey
 from benchmarks.resnet18 import benchmark_model
-from benchmarks.run import Server
+from benchmarks.run import MAX_PIXELS, Server
 from service import png
 from service.logs import log_config
 from service.model import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, load_model, session_options
@@ -38,7 +38,6 @@ from service.png import decode_png
 from service.prepare import prepare
 from service.settings import variant_path
 
-MAX_PIXELS = 25_000_000
 SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 SECTIONS = ("cudnn", "throughput", "shapes", "placement", "decode", "service")
 

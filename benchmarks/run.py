@@ -52,7 +52,7 @@ from service.preprocessing import preprocess
 from service.resources import available_cpus
 from service.settings import Settings, variant_path
 
-MAX_PIXELS = 25_000_000
+MAX_PIXELS = Settings.model_fields["max_pixels"].default  # the service's own decode limit
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nih-train"
 
 
