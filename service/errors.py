@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from functools import partial
 
+# Every code a client can receive; the framework's other HTTP errors answer `http_error` with their own status.
 STATUS_BY_CODE: dict[str, int] = {
     "client_disconnected": 400,  # never seen by the client; keeps aborted uploads out of 5xx alerts
     "unauthorized": 401,
     "not_found": 404,
+    "method_not_allowed": 405,
     "payload_too_large": 413,
     "too_many_pixels": 413,
     "unsupported_media_type": 415,
