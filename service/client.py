@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     import httpx
 
 SCAN_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
-# unreadable_file: missing or not readable now (a typo, permissions); left for the next run like the others.
-TRANSIENT_CODES = {"overloaded", "not_ready", "connection_error", "timeout", "unreadable_file"}
+# unreadable_file: missing or not readable now (a typo, permissions); invalid_response: a 200 that is not
+# this service's answer (a proxy's page); both are left for the next run like the others.
+TRANSIENT_CODES = {"overloaded", "not_ready", "connection_error", "timeout", "unreadable_file", "invalid_response"}
 
 
 @dataclass
@@ -154,14 +155,17 @@ def _row_from_response(path: Path, response: httpx.Response) -> Row:
         body = {}
     status = response.status_code
     if status == 200:
-        return Row(
-            str(path),
-            effusion_probability=body["effusion_probability"],
-            label=body["label"],
-            threshold=body["threshold"],
-            model_name=body["model"]["name"],
-            model_version=body["model"]["version"],
-        )
+        try:
+            return Row(
+                str(path),
+                effusion_probability=body["effusion_probability"],
+                label=body["label"],
+                threshold=body["threshold"],
+                model_name=body["model"]["name"],
+                model_version=body["model"]["version"],
+            )
+        except (KeyError, TypeError):  # e.g. a proxy's HTML page: not this service's answer
+            return Row(str(path), error_code="invalid_response", error_message="a 200 answer without a prediction")
     error = body.get("error", {}) if isinstance(body, dict) else {}
     return Row(str(path), error_code=error.get("code", f"http_{status}"), error_message=error.get("message"))
 

@@ -130,3 +130,14 @@ def test_help_explains_every_option() -> None:
     )
     for option in ("--url", "--local", "--model", "--output", "--concurrency", "--retries", "--api-key"):
         assert option in result.stdout
+
+
+def test_a_200_that_is_not_a_prediction_becomes_a_transient_error_row(tmp_path: Path) -> None:
+    import httpx
+
+    from service.client import TRANSIENT_CODES, _row_from_response
+
+    for answer in (httpx.Response(200, text="<html>login</html>"), httpx.Response(200, json={"status": "ok"})):
+        row = _row_from_response(tmp_path / "a.png", answer)
+        assert row.error_code == "invalid_response" and row.effusion_probability is None
+        assert row.error_code in TRANSIENT_CODES
