@@ -11,6 +11,7 @@ chosen, not dependencies (docs/performance.md says why).
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import io
 import statistics
@@ -18,6 +19,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,8 +67,11 @@ def unfilter_into_new_array(rows: bytes) -> np.ndarray:
     return pixels
 
 
-def main() -> None:
-    scans = nih_scans(DEFAULT_DATA, 20)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of NIH class folders")
+    args = parser.parse_args(argv)
+    scans = nih_scans(args.data, 20)
     pixels = [np.asarray(Image.open(io.BytesIO(scan))) for scan in scans]
     streams = [idat_stream(scan) for scan in scans]
     rows = [isal_zlib.decompress(stream) for stream in streams]
