@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -165,6 +166,17 @@ def pipeline_ceiling(settings: Settings, scans: list[bytes], seconds: float, con
     return scans_per_second
 
 
+def answers(url: str) -> bool:
+    """True when anything answers HTTP at `url`, whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
 class Server:
     """A server process started for one benchmark, stopped afterwards."""
 
@@ -174,6 +186,8 @@ class Server:
         self.log = tempfile.TemporaryFile()
 
     def __enter__(self) -> Server:
+        if answers(self.ready_url):  # a stale server would be measured in place of this one
+            raise RuntimeError(f"something already answers at {self.ready_url}: stop it first")
         self.process = subprocess.Popen(self.command, env={**os.environ, **self.env}, cwd=REPO_ROOT, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -186,7 +200,9 @@ class Server:
             except OSError:
                 time.sleep(0.3)
         self.log.seek(0)
-        raise RuntimeError(f"{self.command[:3]} did not become ready:\n{self.log.read().decode(errors='replace')[-3000:]}")
+        tail = self.log.read().decode(errors="replace")[-3000:]
+        self.__exit__()  # never leave it (or its uvicorn workers) running behind the error
+        raise RuntimeError(f"{self.command[:3]} did not become ready:\n{tail}")
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
