@@ -137,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--baseline", type=Path, help="run the differences are measured against (default: the first)")
     study.add_argument("--bootstrap", type=int, default=2000, help="patient-level bootstrap resamples for the paired differences")
 
+    card = commands.add_parser(
+        "card",
+        help="the model card's evidence from a cv run: card.json, roc.png, reliability.png",
+        description="AUROCs with patient-bootstrap CIs, calibration (cross-fitted ECE, reliability plot), the operating "
+        "point at the OOF threshold, subgroups (view, sex, age band, native vs reduced copies) and the top-corner "
+        "shortcut check, all from the cv run's out-of-fold predictions; copies oof.csv and report.json beside them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    card.add_argument("--cv", type=Path, required=True, help="the shipped recipe's cv run")
+    card.add_argument("--output", type=Path, required=True, help="folder to write (models/evaluation for the shipped model)")
+    card.add_argument("--bootstrap", type=int, default=2000, help="patient-level bootstrap resamples")
+
     synth = commands.add_parser(
         "synth",
         help="write synthetic phantoms in the class-folder layout",
@@ -207,6 +219,14 @@ def run_study(args: argparse.Namespace) -> None:
     from model_export.study import study_table
 
     print(study_table(args.runs, baseline=args.baseline, resamples=args.bootstrap))
+
+
+def run_card(args: argparse.Namespace) -> None:
+    from model_export.card import write_card
+
+    evidence = write_card(args.cv, args.output, resamples=args.bootstrap)
+    row = evidence["auroc"]["effusion_vs_nofinding"]
+    print(f"{evidence['recipe']}: OOF AUROC {row['auroc']:.3f}; ECE {evidence['calibration']['ece_cross_fitted']:.3f}; card in {args.output}")
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -303,7 +323,7 @@ def run_synth(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} synthetic phantoms under {args.output}")
 
 
-COMMANDS = {"cv": run_cv, "fit": run_fit, "study": run_study, "train": run_train, "evaluate": run_evaluate, "export": run_export, "variants": run_variants, "synth": run_synth}
+COMMANDS = {"cv": run_cv, "fit": run_fit, "study": run_study, "card": run_card, "train": run_train, "evaluate": run_evaluate, "export": run_export, "variants": run_variants, "synth": run_synth}
 
 
 def main(argv: list[str] | None = None) -> None:
