@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, required=True, help="ONNX file to write")
     export.add_argument("--cv", type=Path, help="for a `fit` run: the cv run of the same recipe whose out-of-fold logits give calibration and threshold")
     export.add_argument("--data", type=Path, action="append", help="for a `fit` run: data roots whose first scans check parity (default: random tensors)")
+    export.add_argument("--scores", type=Path, help="for a `fit` run: write the served probability of every >= 256 px scan of --data to this CSV")
     export.add_argument("--evaluation", type=Path, help="evaluation report.json with the threshold (default: <run>/evaluation/report.json)")
     export.add_argument("--model-name", default="cxr-effusion-resnet18", help="model_name in the contract")
     export.add_argument("--model-version", default="1.0.0", help="model_version in the contract")
@@ -290,6 +291,10 @@ def run_export(args: argparse.Namespace) -> None:
             roots=args.data, parity_images=args.parity_images,
         )  # fmt: skip
         print(f"wrote {result.path}: parity max |torch - ONNX Runtime| = {result.max_abs_difference:.2e} on {result.parity_images} images")
+        if args.scores:
+            from model_export.final import write_scores
+
+            print(f"scored {write_scores(result.path, args.data or [], args.scores)} scans into {args.scores}")
         return
     result = export_run(
         args.run,

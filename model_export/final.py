@@ -31,7 +31,7 @@ from model_export.errors import ExportError
 from model_export.export import ExportResult, export_model, exporter_versions
 from model_export.fit import effusion_index, fit, output_names
 from model_export.network import binary_head, build_network
-from model_export.pool import downsample, pool_tensors, read_pool, scan_tensor
+from model_export.pool import MAX_PIXELS, downsample, pool_tensors, read_pool, scan_tensor
 from model_export.recipes import Recipe
 from service.model import contract_metadata
 from service.preprocessing import OUTPUT_SIZE
@@ -48,6 +48,20 @@ def state_sha256(network: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()
+
+
+def cpu_facts() -> dict[str, Any]:
+    """What decides bit-exact CPU results: torch's kernel level, AMX for bf16, the thread count."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "amx_bf16": "amx_bf16" in flags,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def fit_final(
@@ -94,6 +108,7 @@ def fit_final(
         "patients": sorted({scan.patient_id for scan in chosen}),
         "labels": {label: sum(scan.label == label for scan in chosen) for label in ("effusion", "nofinding", "other")},
         "epoch_sha256": hashes,
+        "cpu": cpu_facts(),
         "minutes": (time.monotonic() - started) / 60,
         "complete": network is not None,
     }
@@ -234,6 +249,25 @@ def export_final(
     )
     images = parity_batch(roots or [], parity_images)
     return export_model(head, output, metadata, images, input_pool=OUTPUT_SIZE // recipe.resolution)
+
+
+def write_scores(model: Path, roots: list[Path], output: Path) -> int:
+    """The served probability of every scan of `roots` the service accepts (>= 256 px), through its own road.
+
+    A test re-scores these files with the shipped model file and must find the same numbers.
+    """
+    from service.model import load_model
+    from service.predictor import score_bytes
+
+    served = load_model(model, policy="cpu")
+    rows = []
+    for scan in read_pool(roots):
+        if scan.width >= OUTPUT_SIZE:
+            path = Path(scan.path)
+            probability = score_bytes(served, path.read_bytes(), max_pixels=MAX_PIXELS).probability
+            rows.append(f"{path.parent.parent.name}/{path.parent.name}/{path.name},{scan.label},{probability:.7f}")
+    output.write_text("file,label,probability\n" + "\n".join(rows) + "\n")
+    return len(rows)
 
 
 def parity_batch(roots: list[Path], count: int) -> np.ndarray:
