@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     variants.add_argument("--model", type=Path, required=True, help="the FP32 ONNX file written by export")
     variants.add_argument("--variant", choices=["int8", "fp16"], action="append", help="variant to build (repeatable; default: both)")
     variants.add_argument("--calibration-images", type=int, default=64, help="training images used to calibrate INT8")
+    variants.add_argument("--data", type=Path, action="append", help="for a `fit` run: its data roots (calibration and the guard's images)")
+    variants.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="for a `fit` run: the pool tensor cache")
 
     cv = commands.add_parser(
         "cv",
@@ -316,9 +318,15 @@ def run_variants(args: argparse.Namespace) -> None:
     from model_export.variants import VARIANTS, build_run_variants
 
     chosen = tuple(args.variant) if args.variant else VARIANTS
-    for report in build_run_variants(args.run, args.model, chosen, calibration_images=args.calibration_images):
+    if (args.run / "final.json").exists():
+        from model_export.final import final_variants
+
+        reports = final_variants(args.model, args.data or [], variants=chosen, cache_dir=args.cache_dir, calibration_images=args.calibration_images)
+    else:
+        reports = build_run_variants(args.run, args.model, chosen, calibration_images=args.calibration_images)
+    for report in reports:
         verdict = f"wrote {report.path}" if report.offered else "NOT offered (AUROC moved more than 0.005)"
-        print(f"{report.variant}: AUROC {report.auroc:.4f} vs FP32 {report.fp32_auroc:.4f} on {report.images} held-out images: {verdict}")
+        print(f"{report.variant}: AUROC {report.auroc:.4f} vs FP32 {report.fp32_auroc:.4f} on {report.images} guard images: {verdict}")
 
 
 def run_synth(args: argparse.Namespace) -> None:

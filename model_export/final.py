@@ -251,6 +251,31 @@ def export_final(
     return export_model(head, output, metadata, images, input_pool=OUTPUT_SIZE // recipe.resolution)
 
 
+def final_variants(
+    model: Path, roots: list[Path], *, variants: tuple[str, ...], cache_dir: Path, calibration_images: int = 64, seed: int = 0
+) -> list[Any]:
+    """INT8 / FP16 variants of a fit run's model under the usual guard (AUROC within 0.005 of FP32's).
+
+    INT8 is calibrated on pool scans; both are compared with FP32 on the pool's effusion and
+    no-finding scans, which the network trained on: a check that the variant ranks scans like its
+    source, not a performance figure (that is the card's out-of-fold evidence).
+    """
+    from model_export.variants import auroc, build_variant
+
+    scans = read_pool(roots)
+    tensors = pool_tensors(scans, cache_dir)
+    rng = np.random.default_rng(seed)
+    calibration = np.ascontiguousarray(tensors[np.sort(rng.choice(len(scans), size=min(calibration_images, len(scans)), replace=False))])
+    binary = np.flatnonzero([scan.label != "other" for scan in scans])
+    evaluation = np.ascontiguousarray(tensors[binary])
+    labels = np.array([scans[index].effusion for index in binary])
+    fp32_auroc = auroc(model, evaluation, labels, policy="cpu")
+    return [
+        build_variant(model, variant, calibration=calibration, evaluation=evaluation, labels=labels, fp32_auroc=fp32_auroc)
+        for variant in variants
+    ]
+
+
 def write_scores(model: Path, roots: list[Path], output: Path) -> int:
     """The served probability of every scan of `roots` the service accepts (>= 256 px), through its own road.
 

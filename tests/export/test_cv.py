@@ -213,6 +213,20 @@ def test_fit_export_serve_applies_the_cv_calibration_and_reproduces_its_weights(
     probabilities = [score_bytes(served, path.read_bytes(), max_pixels=25_000_000).probability for path in paths]
     np.testing.assert_allclose(probabilities, sigmoid(a * logits + b), atol=1e-4)
 
+    scores = tmp_path / "scores.csv"
+    main(["export", str(run), "--cv", str(cv_run), "--output", str(model), "--model-version", "0.0.1-test", *data, "--scores", str(scores)])
+    with open(scores, newline="") as handle:
+        recorded = list(csv.DictReader(handle))
+    assert len(recorded) == 27  # the full-size root only: the service refuses the 64 px copies
+    path = roots[0].parent / recorded[0]["file"]
+    assert score_bytes(load_model(model, policy="cpu"), path.read_bytes(), max_pixels=25_000_000).probability == pytest.approx(
+        float(recorded[0]["probability"]), abs=1e-6
+    )
+    main(["variants", str(run), "--model", str(model), "--variant", "fp16", *data, *cache])
+    fp16 = model.with_suffix(".fp16.onnx")
+    if fp16.exists():  # offered only when the guard holds; either way the source is named in its metadata
+        assert load_model(fp16, policy="cpu").contract.metadata["variant"]["source_sha256"] == load_model(model, policy="cpu").sha256
+
 
 def test_recipes_resolve_overrides_by_type_and_refuse_unknown_fields() -> None:
     recipe = resolve("findings-aug-ema", ["epochs=3", "flip=0", "lowres=false"])
