@@ -298,6 +298,7 @@ def write_scores(model: Path, roots: list[Path], output: Path) -> int:
 def parity_batch(roots: list[Path], count: int) -> np.ndarray:
     """Real scans for the exporter's parity check, or random tensors when no data root is given."""
     if roots:
-        scans = read_pool(roots)[:: max(1, 1000 // count)][:count]
+        scans = [scan for scan in read_pool(roots) if scan.width >= OUTPUT_SIZE]
+        scans = scans[:: max(1, len(scans) // count)][:count]  # spread over the roots and labels
         return np.stack([scan_tensor(Path(scan.path)) for scan in scans]).astype(np.float32)
     return np.random.default_rng(0).random((count, 1, OUTPUT_SIZE, OUTPUT_SIZE), dtype=np.float32)
