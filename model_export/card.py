@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
-from model_export.cv import bootstrap_auroc, read_oof
+from model_export.cv import auroc, bootstrap_auroc, read_oof
 from model_export.final import ECE_BINS, calibration_from_cv, cross_fitted_probabilities
 
 SUBGROUPS: dict[str, Callable[[dict[str, str]], str]] = {
@@ -47,10 +47,10 @@ def auroc_entry(data: dict[str, np.ndarray], mask: np.ndarray, score: str, resam
     entry: dict[str, Any] = {"scans": int(mask.sum()), "effusion": int(labels.sum())}
     if 0 < labels.sum() < mask.sum():
         if resamples:
-            auroc, ci = bootstrap_auroc(labels, data[score][mask], data["patients"][mask], resamples=resamples, seed=0)
-            entry |= {"auroc": auroc, "ci95": ci}
+            point, ci = bootstrap_auroc(labels, data[score][mask], data["patients"][mask], resamples=resamples, seed=0)
+            entry |= {"auroc": point, "ci95": ci}
         else:  # point estimates only (a quick recomputation of the card)
-            entry["auroc"] = float(roc_auc_score(labels, data[score][mask]))
+            entry["auroc"] = auroc(labels, data[score][mask])
     return entry
 
 

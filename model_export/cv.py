@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
@@ -66,13 +67,25 @@ def reference_scores(thumbnails: np.ndarray, labels: np.ndarray, train: np.ndarr
     return model.predict_proba(thumbnails[test])[:, 1]
 
 
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC as the Mann-Whitney statistic on average ranks (ties count half): sklearn's number, ~50x faster.
+
+    The bootstraps call it tens of thousands of times.
+    """
+    positives = labels == 1
+    n_positive = int(positives.sum())
+    n_negative = len(labels) - n_positive
+    ranks = rankdata(scores)
+    return float((ranks[positives].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
+
+
 def bootstrap_auroc(
     labels: np.ndarray, scores: np.ndarray, patients: np.ndarray, *, resamples: int, seed: int
 ) -> tuple[float, list[float]]:
     """AUROC and its patient-resampling percentile 95% interval."""
-    point = float(roc_auc_score(labels, scores))
+    point = auroc(labels, scores)
     draws = patient_resamples(patients, resamples, seed)
-    values = [roc_auc_score(labels[rows], scores[rows]) for rows in draws if 0 < labels[rows].sum() < len(rows)]
+    values = [auroc(labels[rows], scores[rows]) for rows in draws if 0 < labels[rows].sum() < len(rows)]
     return point, [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 

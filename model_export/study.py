@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from model_export.cv import patient_resamples, read_oof
+from model_export.cv import auroc, patient_resamples, read_oof
 from model_export.errors import DataError
 
 BINARY = "effusion_vs_nofinding"
@@ -24,9 +23,9 @@ def paired_difference(
     labels: np.ndarray, first: np.ndarray, second: np.ndarray, patients: np.ndarray, *, resamples: int, seed: int = 0
 ) -> tuple[float, list[float]]:
     """AUROC(first) - AUROC(second) on the same scans, with a paired patient-bootstrap 95% interval."""
-    point = float(roc_auc_score(labels, first) - roc_auc_score(labels, second))
+    point = auroc(labels, first) - auroc(labels, second)
     values = [
-        roc_auc_score(labels[rows], first[rows]) - roc_auc_score(labels[rows], second[rows])
+        auroc(labels[rows], first[rows]) - auroc(labels[rows], second[rows])
         for rows in patient_resamples(patients, resamples, seed)
         if 0 < labels[rows].sum() < len(rows)
     ]

@@ -22,7 +22,7 @@ from tests.conftest import require_module
 torch = require_module("torch")
 
 from model_export.__main__ import main
-from model_export.cv import assign_folds, read_oof
+from model_export.cv import assign_folds, auroc, read_oof
 from model_export.errors import DataError
 from model_export.final import calibration_from_cv, expected_calibration_error, platt, sigmoid
 from model_export.fit import predict_logits
@@ -166,6 +166,15 @@ def test_the_binary_head_is_the_calibrated_sigmoid_of_the_effusion_logit() -> No
         head = binary_head(network, EFFUSION, scale=0.7, shift=-1.3)
         probability = torch.softmax(head(images), dim=1)[:, 1]
     torch.testing.assert_close(probability, torch.sigmoid(0.7 * logit - 1.3), atol=1e-6, rtol=1e-5)
+
+
+def test_the_fast_auroc_is_sklearns_including_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.normal(size=500) + labels, 1)  # many ties
+    assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
 def test_platt_and_ece_behave_on_known_data() -> None:
