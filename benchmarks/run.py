@@ -45,7 +45,7 @@ from benchmarks.loadgen import Body, multipart_body, run_hey, triton_body
 from benchmarks.naive_recipe import naive_tensor
 from benchmarks.resnet18 import CACHE, REPO_ROOT, benchmark_model
 from service.batching import MicroBatcher
-from service.imaging import decode
+from service.decode import decode
 from service.model import INPUT_NAME, OUTPUT_NAME, load_model, session_options
 from service.predictor import Predictor
 from service.prepare import prepare
@@ -268,7 +268,7 @@ def end_to_end(model: Path, scans: list[bytes], args: argparse.Namespace, work: 
         log("Triton skipped: no --triton-python interpreter (see benchmarks/requirements.txt)")
     # (e) two uvicorn worker processes with one ORT thread and one decode thread each
     env = service_env(model, "int8", CXR_INTRA_OP_THREADS="1", CXR_DECODE_THREADS="1")
-    workers = Server([python, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", "8104", "--workers", "2"], env, "http://127.0.0.1:8104/ready")
+    workers = Server([python, "-m", "uvicorn", "--factory", "service.http.app:create_app", "--port", "8104", "--workers", "2"], env, "http://127.0.0.1:8104/ready")
     systems.append(("service int8, 2 uvicorn workers", workers, "http://127.0.0.1:8104/predict", multipart, [16]))
 
     rows: list[dict[str, Any]] = []

@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from service.decode.formats import SNIFF_BYTES, SUFFIXES, sniff  # the format table: standard library only
+
 if TYPE_CHECKING:
     import httpx
 
-SCAN_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 # unreadable_file: missing or not readable now (a typo, permissions); invalid_response: a 200 that is not
 # this service's answer (a proxy's page); both are left for the next run like the others.
 TRANSIENT_CODES = {"overloaded", "not_ready", "connection_error", "timeout", "unreadable_file", "invalid_response"}
@@ -55,8 +56,8 @@ COLUMNS = [field.name for field in fields(Row)]
 def find_scans(paths: Iterable[Path]) -> list[Path]:
     """Files named on the command line, plus scans found under named folders (sorted, recursive).
 
-    Inside folders, files with a scan suffix are taken, and so are files without a suffix
-    (DICOM archives often have none) that carry the DICOM magic.
+    Inside folders, files with a suffix of a format in the service's format table are taken, and so
+    are files without a suffix (DICOM archives often have none) whose content a format recognises.
     """
     found: list[Path] = []
     for path in paths:
@@ -68,12 +69,12 @@ def find_scans(paths: Iterable[Path]) -> list[Path]:
 
 
 def _looks_like_scan(path: Path) -> bool:
-    if path.suffix.lower() in SCAN_SUFFIXES:
+    if path.suffix.lower() in SUFFIXES:
         return True
     if path.suffix:
         return False
     with path.open("rb") as handle:
-        return handle.read(132)[128:132] == b"DICM"
+        return sniff(handle.read(SNIFF_BYTES)) is not None
 
 
 def read_finished(output: Path) -> set[str]:
@@ -172,7 +173,7 @@ def _row_from_response(path: Path, response: httpx.Response) -> Row:
 
 def local_scorer(model_path: Path) -> Callable[[Path], Row]:
     """Score a file in this process with the service's own core code; no server involved."""
-    from service.errors import ServiceError
+    from service.errors import ServiceError  # the core, imported only for --local
     from service.model import load_model
     from service.predictor import score_bytes
     from service.resources import available_cpus

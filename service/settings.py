@@ -48,13 +48,16 @@ class Settings(BaseSettings):
         "get 503 overloaded without their body being read; bounds memory. Default: max_queue + 2 x max_batch.",
     )
     decode_threads: int | None = Field(
-        None, ge=1, description="Threads that decode and preprocess uploads; default: the CPUs this process may use."
+        None,
+        ge=1,
+        description="Threads that decode and preprocess uploads; default: the CPUs this process may use. "
+        "On many-core hosts about 4 per service process did best (docs/performance.md).",
     )
     decode_processes: int = Field(
         0,
         ge=0,
-        description="Worker processes that decode and preprocess uploads instead of threads; 0: threads. "
-        "Use about one per core on many-core (GPU) hosts, where threads serialise on the GIL.",
+        description="Worker processes that decode and preprocess uploads instead of threads; 0: threads, which "
+        "served more requests/s end to end on every host measured (docs/performance.md).",
     )
 
     # Input limits

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 from tests.model_factory import build_model
 

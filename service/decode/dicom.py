@@ -25,8 +25,9 @@ from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from service.errors import ServiceError
-from service.imaging import DecodedImage, check_declared_size, has_dicom_preamble
+from service.decode.formats import has_dicom_preamble
+from service.decode.scan import DecodedScan, check_declared_size, decoded
+from service.errors import ErrorCode, ServiceError
 
 # Element values are validated lazily and reported as warnings that quote the offending
 # value, which may be a patient name: never let them reach stderr or the logs.
@@ -39,23 +40,23 @@ UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MAX_UID_LENGTH = 64
 
 
-def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
+def decode(data: bytes, *, max_pixels: int) -> DecodedScan:
     """Read the header first (syntax, size, frames, modality), then decode pixels only if all is well."""
     has_preamble = has_dicom_preamble(data)
     check_transfer_syntax(data, has_preamble)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
     except Exception as error:  # pydicom raises a wide variety of errors on hostile input
-        raise ServiceError("undecodable_image", "the DICOM file could not be parsed") from error
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file could not be parsed") from error
 
     photometric = check_header(dataset, max_pixels=max_pixels)
     try:
         stored = dataset.pixel_array
         values = apply_voi_lut(apply_modality_lut(stored, dataset), dataset)
     except Exception as error:  # missing codec, truncated or oversized frame, bad LUT or window
-        raise ServiceError("undecodable_image", "the DICOM pixel data could not be decoded") from error
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM pixel data could not be decoded") from error
     if values.shape != (int(dataset.Rows), int(dataset.Columns)):
-        raise ServiceError("unsupported_image", f"expected one 2-D frame, got shape {values.shape}")
+        raise ServiceError(ErrorCode.UNSUPPORTED_IMAGE, f"expected one 2-D frame, got shape {values.shape}")
 
     if photometric == "MONOCHROME1":
         # Minimum is white: reflect about the image's range so bone is bright, as in the PNG
@@ -68,7 +69,7 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
         uid = safe_uid(dataset.get("SOPInstanceUID"))
     except Exception:  # a UID element with a hostile VR: echo nothing rather than fail the scan
         uid = None
-    return DecodedImage(pixels=values, format="dicom", mode=photometric, converted=False, sop_instance_uid=uid)
+    return decoded(values, "dicom", photometric, sop_instance_uid=uid)
 
 
 def check_transfer_syntax(data: bytes, has_preamble: bool) -> None:
@@ -86,17 +87,17 @@ def check_transfer_syntax(data: bytes, has_preamble: bool) -> None:
         )
         syntax = meta.get("TransferSyntaxUID")
     except Exception as error:
-        raise ServiceError("undecodable_image", "the DICOM file meta information could not be parsed") from error
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file meta information could not be parsed") from error
     if syntax is None:
-        raise ServiceError("undecodable_image", "the DICOM file declares no transfer syntax")
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file declares no transfer syntax")
     if syntax == DeflatedExplicitVRLittleEndian:
-        raise ServiceError("unsupported_image", "the Deflated Explicit VR transfer syntax is not accepted")
+        raise ServiceError(ErrorCode.UNSUPPORTED_IMAGE, "the Deflated Explicit VR transfer syntax is not accepted")
 
 
 def check_header(dataset: Dataset, *, max_pixels: int) -> str:
     """Refuse what the model cannot read before any pixel is decoded; returns the photometric interpretation."""
     if "PixelData" not in dataset:
-        raise ServiceError("undecodable_image", "the DICOM file has no pixel data")
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file has no pixel data")
     try:
         modality = str(dataset.get("Modality", "") or "").upper()
         rows, columns = int(dataset.Rows), int(dataset.Columns)
@@ -104,16 +105,16 @@ def check_header(dataset: Dataset, *, max_pixels: int) -> str:
         samples = int(dataset.get("SamplesPerPixel", 1) or 1)
         photometric = str(dataset.get("PhotometricInterpretation", "") or "").upper()
     except Exception as error:  # missing, malformed or wrongly typed elements
-        raise ServiceError("undecodable_image", "the DICOM header lacks valid image attributes") from error
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM header lacks valid image attributes") from error
 
     if modality and modality not in XRAY_MODALITIES:
         raise ServiceError(
-            "unsupported_modality", f"modality {modality[:16]} is not a projection radiograph (CR, DX, DR, RG or OT expected)"
+            ErrorCode.UNSUPPORTED_MODALITY, f"modality {modality[:16]} is not a projection radiograph (CR, DX, DR, RG or OT expected)"
         )
     check_declared_size(columns, rows, frames, max_pixels=max_pixels)
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ServiceError(
-            "unsupported_image",
+            ErrorCode.UNSUPPORTED_IMAGE,
             f"only grayscale DICOM is accepted, got {photometric[:16] or 'no photometric interpretation'} "
             f"with {samples} samples per pixel",
         )

@@ -3,12 +3,12 @@
 Pillow spends ~9 ms on a 1024x1024 NIH scan, half of it inflating with zlib and half undoing the
 Paeth row filter one branch per byte. Here the chunks are walked in Python, the image data is
 inflated by ISA-L (python-isal, ~2x zlib) and the rows are unfiltered by a small C kernel
-(service/_pngfilter.c) that selects without branching: ~4.5 ms in all.
+(service/decode/_pngfilter.c) that selects without branching: ~4.5 ms in all.
 
 Anything unusual (colour, palette, interlace, transparency, EXIF, animation, compressed text, an
-unknown chunk, a bad CRC, a stream that is short, long or unterminated) returns None, and the
-caller decodes with Pillow, which also words the error for a corrupt file. So this path changes
-speed, never the answer: tests compare it with Pillow pixel for pixel, on real scans and on
+unknown chunk, a bad CRC, a stream that is short, long or unterminated) makes `decode_fast` return
+None, and `decode` falls back to Pillow (service/decode/raster.py), which also words the error for
+a corrupt file. So this path changes speed, never the answer: tests compare it with Pillow pixel for pixel, on real scans and on
 hostile bytes.
 """
 
@@ -19,17 +19,20 @@ import zlib
 
 import numpy as np
 
+from service.decode.formats import PNG_SIGNATURE
+from service.decode.raster import decode_with_pillow
+from service.decode.scan import DecodedScan, decoded
+
 try:
     from isal import isal_zlib as inflater
 except ImportError:  # pragma: no cover - isal is a dependency; stdlib zlib is the slower fallback
     inflater = zlib
 
 try:
-    from service._pngfilter import unfilter
+    from service.decode._pngfilter import unfilter
 except ImportError:  # the C extension is optional at install time (no compiler): Pillow decodes then
     unfilter = None
 
-SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Chunks that carry no pixels and that Pillow reads without changing them. Everything else
 # (tRNS, PLTE, eXIf, acTL, iCCP, zTXt, iTXt, unknown chunks) sends the file to Pillow.
 PASSIVE_CHUNKS = frozenset({b"tIME", b"tEXt", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs", b"bKGD"})
@@ -42,19 +45,27 @@ def available() -> bool:
     return unfilter is not None
 
 
-def decode_png(data: bytes, *, max_pixels: int) -> tuple[np.ndarray, str] | None:
+def decode(data: bytes, *, max_pixels: int) -> DecodedScan:
+    """PNG bytes -> one 2-D grayscale array: the fast path when it applies (same pixels), else Pillow."""
+    if (fast := decode_fast(data, max_pixels=max_pixels)) is not None:
+        pixels, mode = fast
+        return decoded(pixels, "png", mode)
+    return decode_with_pillow(data, "png", max_pixels=max_pixels)
+
+
+def decode_fast(data: bytes, *, max_pixels: int) -> tuple[np.ndarray, str] | None:
     """Pixels and Pillow's mode name for a plain grayscale PNG, or None to let Pillow decode it.
 
     An image over max_pixels is left to Pillow's path too, which refuses it from the header; so
     nothing is inflated before its size is known to be allowed.
     """
-    if unfilter is None or not data.startswith(SIGNATURE):
+    if unfilter is None or not data.startswith(PNG_SIGNATURE):
         return None
     header = None
     parts: list[memoryview] = []
     after_data = False  # a chunk other than IDAT came after the image data
     view = memoryview(data)
-    pos = len(SIGNATURE)
+    pos = len(PNG_SIGNATURE)
     while True:
         if pos + 12 > len(data):
             return None  # no IEND: truncated

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from service.errors import ServiceError
+from service.errors import ErrorCode, ServiceError
 
 
 class Admission:
@@ -26,7 +26,7 @@ class Admission:
     def slot(self) -> Iterator[None]:
         """Hold one of `limit` slots for the duration of a request, or raise `overloaded`."""
         if self.active >= self.limit:
-            raise ServiceError("overloaded", f"{self.limit} requests are already in progress; retry shortly", retry_after=1)
+            raise ServiceError(ErrorCode.OVERLOADED, f"{self.limit} requests are already in progress; retry shortly", retry_after=1)
         self.active += 1
         try:
             yield

@@ -11,42 +11,42 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from service import __version__, png
-from service.admission import Admission
-from service.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, document_security, load_api_keys
+from service import __version__
 from service.batching import MicroBatcher
-from service.errors import ServiceError, error_body
-from service.metrics import Metrics
-from service.model import Model, load_model
-from service.observability import RequestObserver
-from service.predictor import Prediction, Predictor
-from service.readiness import Readiness
-from service.resources import available_cpus
-from service.schemas import (
+from service.decode import png
+from service.decode.formats import FORMATS, NAMES
+from service.errors import ErrorCode, ServiceError
+from service.http.admission import Admission
+from service.http.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, document_security, load_api_keys
+from service.http.errors import add_error_handlers
+from service.http.metrics import Metrics
+from service.http.observability import RequestObserver
+from service.http.readiness import Readiness
+from service.http.schemas import (
     ErrorResponse,
     Heatmap,
-    InputInfo,
     LiveResponse,
     ModelInfo,
     ModelResponse,
     PredictionResponse,
     ReadyResponse,
-    Timing,
 )
+from service.http.ui import UI_PATHS, add_ui_routes
+from service.http.uploads import read_upload
+from service.model import Model, load_model
+from service.predictor import Prediction, Predictor
+from service.resources import available_cpus
 from service.settings import Settings
-from service.ui import UI_PATHS, add_ui_routes
-from service.uploads import read_upload
 
 logger = logging.getLogger("service")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 413, 415, 422, 503)
 }
+BINARY = {"schema": {"type": "string", "format": "binary"}}
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -55,12 +55,10 @@ UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary", "description": "PNG, JPEG or DICOM scan"}},
+                    "properties": {"file": {"type": "string", "format": "binary", "description": f"{NAMES} scan"}},
                 }
             },
-            "application/dicom": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            **{fmt.media_types[0]: BINARY for fmt in FORMATS},
         },
     }
 }
@@ -126,7 +124,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         lifespan=lifespan,
     )
     app.state.service = state
-    _add_error_handlers(app)
+    add_error_handlers(app)
 
     @app.post("/predict", response_model=PredictionResponse, responses=ERROR_RESPONSES, openapi_extra=UPLOAD_BODY)
     async def predict(request: Request, heatmap: bool = False) -> PredictionResponse:
@@ -163,7 +161,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     async def model_card() -> ModelResponse:
         """The served model's contract, metrics and provenance."""
         if state.model is None:
-            raise ServiceError("not_ready", state.readiness.reason or "the model is not loaded")
+            raise ServiceError(ErrorCode.NOT_READY, state.readiness.reason or "the model is not loaded")
         contract = state.model.contract
         return ModelResponse(
             model=_model_info(state.model),
@@ -234,13 +232,13 @@ async def _warm_up(state: ServiceState, predictor: Predictor) -> None:
         model.contract.model_name,
         model.contract.model_version,
         model.execution_provider,
-        "fast path (service/png.py)" if png.available() else "Pillow only (service._pngfilter was not built)",
+        "fast path (service/decode/png.py)" if png.available() else "Pillow only (service.decode._pngfilter was not built)",
     )
 
 
 def _ready_predictor(state: ServiceState) -> Predictor:
     if not state.readiness.ready or state.predictor is None:
-        raise ServiceError("not_ready", state.readiness.reason or "the service is not ready", retry_after=5)
+        raise ServiceError(ErrorCode.NOT_READY, state.readiness.reason or "the service is not ready", retry_after=5)
     return state.predictor
 
 
@@ -249,23 +247,15 @@ def _model_info(model: Model) -> ModelInfo:
 
 
 def _prediction_response(prediction: Prediction, model: Model, request_id: str) -> PredictionResponse:
-    image = prediction.image
     return PredictionResponse(
         effusion_probability=prediction.probability,
         label=prediction.label,
         threshold=model.contract.threshold,
         model=_model_info(model),
         execution_provider=model.execution_provider,
-        input=InputInfo(
-            format=image.format,
-            width=image.width,
-            height=image.height,
-            mode=image.mode,
-            converted=image.converted,
-            sop_instance_uid=image.sop_instance_uid,
-        ),
+        input=prediction.image,
         batch_size=prediction.batch_size,
-        timing_ms=Timing(**prediction.timing_ms),
+        timing_ms=prediction.timing_ms,
         request_id=request_id,
         heatmap=None
         if prediction.heatmap is None
@@ -274,34 +264,3 @@ def _prediction_response(prediction: Prediction, model: Model, request_id: str) 
             grid=prediction.heatmap.grid,
         ),
     )
-
-
-def error_response(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error body shape: {"error": {"code", "message", "request_id"}}; the code is kept for metrics and logs."""
-    request.state.error_code = code
-    body = error_body(code, message, getattr(request.state, "request_id", ""))
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    async def service_error(request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, ServiceError)
-        headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-        return error_response(request, error.status_code, error.code, error.message, headers)
-
-    async def validation_error(request: Request, error: Exception) -> JSONResponse:
-        return error_response(request, 422, "invalid_request", "the request is malformed")
-
-    async def http_error(request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(request, error.status_code, code, str(error.detail), getattr(error, "headers", None))
-
-    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
-        logger.error("unhandled %s on %s", type(error).__name__, request.url.path)
-        return error_response(request, 500, "internal_error", "an unexpected error occurred")
-
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected_error)

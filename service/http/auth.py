@@ -19,7 +19,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import error_body
+from service.errors import ErrorCode
+from service.http.errors import error_body
 
 MIN_KEY_LENGTH = 16
 PROBE_PATHS = frozenset({"/live", "/ready"})
@@ -106,7 +107,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        state["error_code"] = "unauthorized"
-        body = error_body("unauthorized", "a valid API key is required", state.get("request_id", ""))
+        state["error_code"] = ErrorCode.UNAUTHORIZED
+        body = error_body(ErrorCode.UNAUTHORIZED, "a valid API key is required", state.get("request_id", ""))
         response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": CHALLENGE})
         await response(scope, receive, send)

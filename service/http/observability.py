@@ -16,8 +16,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.http.metrics import Metrics
 from service.logs import request_id_var
-from service.metrics import Metrics
 
 logger = logging.getLogger("service.requests")
 

@@ -1,4 +1,8 @@
-"""Response and error bodies: the OpenAPI contract that clients code against."""
+"""Response and error bodies: the OpenAPI contract that clients code against.
+
+The scan's facts (`input`) and the timing record (`timing_ms`) are the core's own dataclasses,
+embedded as they are: one type each, from decoder to JSON.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.decode.scan import ScanFacts
+from service.predictor import Timing
+
 
 class ModelInfo(BaseModel):
     name: str
     version: str
     sha256: str = Field(description="SHA-256 of the served ONNX file: pins results to exact weights.")
-
-
-class InputInfo(BaseModel):
-    format: str = Field(description="png, jpeg or dicom (detected from content).")
-    width: int
-    height: int
-    mode: str = Field(description="Source pixel layout, e.g. L, I;16, RGBA, MONOCHROME1.")
-    converted: bool = Field(description="True when a colour image was reduced to luminance.")
-    sop_instance_uid: str | None = Field(None, description="DICOM SOP Instance UID, so a PACS can match the result.")
-
-
-class Timing(BaseModel):
-    decode: float
-    preprocess: float
-    queue: float
-    inference: float
-    total: float
 
 
 class Heatmap(BaseModel):
@@ -41,7 +31,7 @@ class PredictionResponse(BaseModel):
     threshold: float
     model: ModelInfo
     execution_provider: str = Field(description="The ONNX Runtime provider that actually ran the model.")
-    input: InputInfo
+    input: ScanFacts
     batch_size: int = Field(description="How many requests shared the inference call.")
     timing_ms: Timing
     request_id: str

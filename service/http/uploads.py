@@ -14,10 +14,11 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from service.errors import ServiceError
+from service.decode.formats import RAW_MEDIA_TYPES
+from service.errors import ErrorCode, ServiceError
 
 FIELD_NAME = b"file"
-RAW_CONTENT_TYPES = {b"image/png", b"image/jpeg", b"application/dicom", b"application/octet-stream"}
+RAW_CONTENT_TYPES = frozenset(media_type.encode() for media_type in RAW_MEDIA_TYPES)
 
 
 async def read_upload(content_type: str | None, content_length: str | None, body: AsyncIterator[bytes], *, max_bytes: int) -> bytes:
@@ -29,20 +30,26 @@ async def read_upload(content_type: str | None, content_length: str | None, body
         if media_type == b"multipart/form-data":
             boundary = options.get(b"boundary")
             if not boundary:
-                raise ServiceError("invalid_request", "multipart body without a boundary")
+                raise ServiceError(ErrorCode.INVALID_REQUEST, "multipart body without a boundary")
             return await _read_multipart_file(boundary, body, max_bytes)
         if media_type in RAW_CONTENT_TYPES:
             return await _read_all(body, max_bytes)
     except ClientDisconnect:  # an aborted upload is the client's doing, not a server error
-        raise ServiceError("client_disconnected", "the client closed the connection during the upload") from None
+        raise ServiceError(ErrorCode.CLIENT_DISCONNECTED, "the client closed the connection during the upload") from None
     raise ServiceError(
-        "unsupported_media_type",
-        "send multipart/form-data with a field 'file', or a raw body as image/png, image/jpeg or application/dicom",
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        "send multipart/form-data with a field 'file', or a raw body as " + _media_type_list(),
     )
 
 
+def _media_type_list() -> str:
+    """"image/png, image/jpeg or application/dicom": the formats' own media types, from the format table."""
+    own = [media_type for media_type in RAW_MEDIA_TYPES if media_type != "application/octet-stream"]
+    return ", ".join(own[:-1]) + f" or {own[-1]}"
+
+
 def too_large(max_bytes: int) -> ServiceError:
-    return ServiceError("payload_too_large", f"the request body exceeds {max_bytes} bytes")
+    return ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, f"the request body exceeds {max_bytes} bytes")
 
 
 async def _bounded(body: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
@@ -109,9 +116,9 @@ async def _read_multipart_file(boundary: bytes, body: AsyncIterator[bytes], max_
             parser.write(chunk)
         parser.finalize()
     except FormParserError as error:
-        raise ServiceError("invalid_request", "the multipart body is malformed") from error
+        raise ServiceError(ErrorCode.INVALID_REQUEST, "the multipart body is malformed") from error
     if collector.file is None:
-        raise ServiceError("missing_file", "the multipart body has no field named 'file'")
+        raise ServiceError(ErrorCode.MISSING_FILE, "the multipart body has no field named 'file'")
     if not collector.done:
-        raise ServiceError("invalid_request", "the multipart body ended inside the 'file' field")
+        raise ServiceError(ErrorCode.INVALID_REQUEST, "the multipart body ended inside the 'file' field")
     return b"".join(collector.file)

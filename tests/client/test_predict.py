@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.client import main
+from cxr_client.predict import main
 from tests.live_server import REPO_ROOT, running_service
 from tests.reference import direct_probability
 
@@ -54,7 +54,7 @@ def test_scores_a_folder_into_a_correct_csv(scan_folder: Path, mean_model: Path,
 
 def test_interrupted_run_resumes_without_losing_results(scan_folder: Path, slow_model: Path, tmp_path: Path) -> None:
     output = tmp_path / "results.csv"
-    command = [sys.executable, "-m", "service.client", "predict", str(scan_folder), "-o", str(output), "-c", "2"]
+    command = [sys.executable, "-m", "cxr_client", "predict", str(scan_folder), "-o", str(output), "-c", "2"]
     # The slow model keeps the run going for seconds, so Ctrl-C lands in its middle on any machine.
     with running_service(slow_model) as server:
         process = subprocess.Popen(
@@ -125,7 +125,7 @@ def test_a_missing_file_is_an_error_row_not_an_aborted_run(nih_png: Path, tmp_pa
 
 def test_help_explains_every_option() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "service.client", "predict", "--help"],
+        [sys.executable, "-m", "cxr_client", "predict", "--help"],
         capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, "COLUMNS": "200"},
     )
     for option in ("--url", "--local", "--model", "--output", "--concurrency", "--retries", "--api-key"):
@@ -135,7 +135,7 @@ def test_help_explains_every_option() -> None:
 def test_a_200_that_is_not_a_prediction_becomes_a_transient_error_row(tmp_path: Path) -> None:
     import httpx
 
-    from service.client import TRANSIENT_CODES, _row_from_response
+    from cxr_client.predict import TRANSIENT_CODES, _row_from_response
 
     for answer in (httpx.Response(200, text="<html>login</html>"), httpx.Response(200, json={"status": "ok"})):
         row = _row_from_response(tmp_path / "a.png", answer)

@@ -18,8 +18,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
+from service.decode import decode
 from service.errors import ServiceError
-from service.imaging import decode
 from service.predictor import prepare
 from tests.dicom_factory import (
     PATIENT_ID,
@@ -65,7 +65,7 @@ def post_dicom(client: TestClient, data: bytes) -> dict:
 
 @pytest.mark.parametrize("model_fixture", ["mean_model", "slow_model"])
 def test_nih_png_and_dicom_wrappings_score_the_same(nih_png: Path, model_fixture: str, request: pytest.FixtureRequest) -> None:
-    from service.app import create_app
+    from service.http.app import create_app
     from tests.conftest import make_settings, wait_ready
 
     pixels = np.asarray(Image.open(nih_png))
@@ -96,7 +96,7 @@ def test_response_echoes_uid_but_never_patient_identifiers(client: TestClient, s
 def test_a_uid_that_is_not_a_uid_is_not_echoed(scan12: np.ndarray) -> None:
     ds = dicom_dataset(scan12)
     ds.SOPInstanceUID = "1.2.3 " + PATIENT_NAME
-    assert decode(to_bytes(ds), max_pixels=MAX_PIXELS).sop_instance_uid is None
+    assert decode(to_bytes(ds), max_pixels=MAX_PIXELS).facts.sop_instance_uid is None
 
 
 # --- the grayscale pipeline ------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_lossless_compressed_syntaxes_decode_exactly(scan12: np.ndarray, encode)
     data = encode(scan12)
     decoded = decode(data, max_pixels=MAX_PIXELS)
     np.testing.assert_array_equal(decoded.pixels, scan12)
-    assert decoded.sop_instance_uid == SOP_INSTANCE_UID
+    assert decoded.facts.sop_instance_uid == SOP_INSTANCE_UID
 
 
 def test_jpeg_baseline_decodes_close_to_the_source(scan12: np.ndarray) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
-from service import png
+from service.decode import png
 from tests.conftest import encode, require_module
 
 MAX_PIXELS = 25_000_000
@@ -21,7 +21,7 @@ PAETH = 4
 
 
 # Without the C kernel (no compiler at install) every PNG goes to Pillow: CI must have built it.
-unfilter = require_module("service._pngfilter").unfilter
+unfilter = require_module("service.decode._pngfilter").unfilter
 
 
 def chunk(kind: bytes, body: bytes) -> bytes:
@@ -68,7 +68,7 @@ def make_png(
         ihdr[offset] = value
     cut = [len(data) * i // idat_pieces for i in range(idat_pieces + 1)]
     idats = b"".join(chunk(b"IDAT", data[cut[i] : cut[i + 1]]) for i in range(idat_pieces))
-    return png.SIGNATURE + chunk(b"IHDR", bytes(ihdr)) + idats + chunk(b"IEND", b"")
+    return png.PNG_SIGNATURE + chunk(b"IHDR", bytes(ihdr)) + idats + chunk(b"IEND", b"")
 
 
 def pillow_pixels(data: bytes) -> np.ndarray:
@@ -77,7 +77,7 @@ def pillow_pixels(data: bytes) -> np.ndarray:
 
 
 def assert_same_as_pillow(data: bytes) -> None:
-    decoded = png.decode_png(data, max_pixels=MAX_PIXELS)
+    decoded = png.decode_fast(data, max_pixels=MAX_PIXELS)
     assert decoded is not None, "the fast path should have taken this file"
     pixels, mode = decoded
     with Image.open(io.BytesIO(data)) as image:
@@ -124,7 +124,7 @@ def test_real_nih_scans_take_the_fast_path_with_pillows_pixels(nih_dir: Path) ->
     fast = 0
     for path in scans:
         data = path.read_bytes()
-        decoded = png.decode_png(data, max_pixels=MAX_PIXELS)
+        decoded = png.decode_fast(data, max_pixels=MAX_PIXELS)
         if decoded is None:  # the few RGBA files in the NIH set go to Pillow, which reduces them to luminance
             assert Image.open(path).mode != "L"
             continue
@@ -174,7 +174,7 @@ def left_to_pillow_cases() -> dict[str, bytes]:
 def test_unusual_or_broken_files_are_left_to_pillow(case: str) -> None:
     data = left_to_pillow_cases()[case]
     max_pixels = 8 if case == "over the pixel limit" else MAX_PIXELS
-    assert png.decode_png(data, max_pixels=max_pixels) is None
+    assert png.decode_fast(data, max_pixels=max_pixels) is None
 
 
 def test_plain_text_chunk_keeps_the_fast_path() -> None:
@@ -184,7 +184,7 @@ def test_plain_text_chunk_keeps_the_fast_path() -> None:
 def test_split_data_with_a_chunk_between_is_left_to_pillow() -> None:
     data = make_png(random_pixels(np.random.default_rng(1), 16, 16, 8), [PAETH] * 16, idat_pieces=2)
     second = data.index(b"IDAT", data.index(b"IDAT") + 4) - 4
-    assert png.decode_png(data[:second] + chunk(b"tEXt", b"a\0b") + data[second:], max_pixels=MAX_PIXELS) is None
+    assert png.decode_fast(data[:second] + chunk(b"tEXt", b"a\0b") + data[second:], max_pixels=MAX_PIXELS) is None
 
 
 def test_mutated_files_never_raise_and_never_disagree_with_pillow() -> None:
@@ -198,7 +198,7 @@ def test_mutated_files_never_raise_and_never_disagree_with_pillow() -> None:
             data = data[: int(rng.integers(8, len(data)))]
         for position in rng.integers(8, len(data), size=int(rng.integers(1, 4))):
             data[position] = int(rng.integers(0, 256))
-        decoded = png.decode_png(bytes(data), max_pixels=MAX_PIXELS)
+        decoded = png.decode_fast(bytes(data), max_pixels=MAX_PIXELS)
         if decoded is not None:
             taken += 1
             np.testing.assert_array_equal(decoded[0], pillow_pixels(bytes(data)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.conftest import make_settings, png_bytes, wait_ready
 from tests.reference import direct_probability
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service import auth
-from service.app import create_app
-from service.auth import AuthConfigError, KeyChecker, load_api_keys
+from service.http import auth
+from service.http.app import create_app
+from service.http.auth import AuthConfigError, KeyChecker, load_api_keys
 from tests.conftest import make_settings, png_bytes, wait_ready
 
 KEY = "k3y-for-tests-0123456789abcdef"

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.conftest import make_settings, png_bytes, wait_ready
 from tests.dicom_factory import dicom_bytes, rle_bytes
 from tests.live_server import running_service

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.conftest import make_settings, png_bytes, wait_ready
 from tests.dicom_factory import (
     PATIENT_ID,

@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from service.decode import decode
 from service.errors import ServiceError
-from service.imaging import decode
 from tests.conftest import encode, png_bytes
 from tests.dicom_factory import dicom_bytes
 from tests.hostile_inputs import (
