@@ -26,8 +26,8 @@ import numpy as np
 from isal import isal_zlib
 from PIL import Image
 
+from benchmarks.common import DEFAULT_DATA, MAX_PIXELS, nih_scans
 from benchmarks.naive_recipe import naive_tensor
-from benchmarks.run import DEFAULT_DATA, MAX_PIXELS, nih_scans
 from service.decode._pngfilter import unfilter
 from service.decode.png import decode_fast
 from service.prepare import prepare

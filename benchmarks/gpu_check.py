@@ -28,9 +28,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from benchmarks.common import MAX_PIXELS, Server
 from benchmarks.loadgen import Body, run_hey
 from benchmarks.resnet18 import benchmark_model
-from benchmarks.run import MAX_PIXELS, Server
 from service.decode import png
 from service.decode.png import decode_fast
 from service.logs import log_config

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path("models/cxr-effusion-resnet18.onnx")
+DEFAULT_MAX_PIXELS = 25_000_000  # also the decode limit training and the benchmarks apply
 
 
 class Settings(BaseSettings):
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     # Input limits
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond).")
     max_pixels: int = Field(
-        25_000_000, ge=65_536, description="Largest declared image (width x height) decoded (413 beyond)."
+        DEFAULT_MAX_PIXELS, ge=65_536, description="Largest declared image (width x height) decoded (413 beyond)."
     )
 
     # HTTP server

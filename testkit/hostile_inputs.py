@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from tests.conftest import encode, png_bytes
+from testkit.images import encode, png_bytes
 
 
 def scan(height: int = 512, width: int = 512) -> np.ndarray:

@@ -17,8 +17,9 @@ from service.errors import ErrorCode, ServiceError
 from service.http.app import create_app
 from service.model import Model, load_model
 from service.preprocessing import preprocess
-from tests.conftest import make_settings, png_bytes, wait_ready
-from tests.model_factory import expected_probability
+from testkit.images import png_bytes
+from testkit.model_factory import expected_probability
+from tests.conftest import make_settings, wait_ready
 
 
 def distinct_scans(count: int) -> list[np.ndarray]:

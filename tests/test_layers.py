@@ -2,7 +2,9 @@
 
 - The core (decoding, preprocessing, model, batching, predictor, errors, settings) imports no web framework.
 - The client (`cxr_client`) imports nothing heavy: no web framework, numpy or pydicom until `--local`.
-- No module of service, cxr_client, model_export or benchmarks is part of an import cycle. The graph holds
+- The product (service, cxr_client) imports neither training nor benchmarks nor test code, and
+  benchmarks and testkit never import tests.
+- No module of service, cxr_client, model_export, benchmarks, testkit or tests is part of an import cycle. The graph holds
   every import statement, the module-level ones and the lazy ones inside functions, because a lazy
   import that closes a circle is still a circle, only one that fails later; imports under
   `if TYPE_CHECKING:` are left out, since they never run.
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("service", "cxr_client", "model_export", "benchmarks")
+PACKAGES = ("service", "cxr_client", "model_export", "benchmarks", "testkit", "tests")
 CORE = [
     "service.errors",
     "service.settings",
@@ -124,12 +126,37 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_no_import_cycles() -> None:
+def import_graph() -> dict[str, set[str]]:
+    """Every project module and the project modules it imports."""
     files = [path for package in PACKAGES for path in (ROOT / package).rglob("*.py")]
     modules = {module_name(path) for path in files}
-    graph = {module_name(path): imports_of(path, modules) for path in files}
+    return {module_name(path): imports_of(path, modules) for path in files}
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
     assert graph["service.http.app"] >= {"service.decode.png", "service.predictor"}  # the graph sees real edges
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_layers_import_downward_only() -> None:
+    def top(module: str) -> str:
+        return module.split(".")[0]
+
+    forbidden = {
+        "service": {"cxr_client", "model_export", "benchmarks", "testkit", "tests"},
+        "cxr_client": {"model_export", "benchmarks", "testkit", "tests"},
+        "model_export": {"cxr_client", "benchmarks", "testkit", "tests"},
+        "benchmarks": {"tests"},
+        "testkit": {"benchmarks", "tests"},
+    }
+    wrong = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if top(target) in forbidden.get(top(module), set())
+    ]
+    assert not wrong, wrong
 
 
 def test_the_cycle_finder_finds_cycles() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cxr_client.predict import main
-from tests.live_server import REPO_ROOT, running_service
+from testkit.live_server import REPO_ROOT, running_service
 from tests.reference import direct_probability
 
 

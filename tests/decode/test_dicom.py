@@ -21,7 +21,7 @@ from pydicom.uid import (
 from service.decode import decode
 from service.errors import ServiceError
 from service.predictor import prepare
-from tests.dicom_factory import (
+from testkit.dicom_factory import (
     PATIENT_ID,
     PATIENT_NAME,
     SOP_INSTANCE_UID,

@@ -12,9 +12,9 @@ from service.decode.formats import FORMATS, RAW_MEDIA_TYPES, SUFFIXES, sniff
 from service.http.app import create_app
 from service.http.uploads import RAW_CONTENT_TYPES
 from service.settings import Settings
-from tests.conftest import encode
+from testkit.dicom_factory import dicom_bytes
+from testkit.images import encode
 from tests.decode.test_raster import gradient
-from tests.dicom_factory import dicom_bytes
 
 
 def test_sniffing_ignores_names_and_declared_types() -> None:

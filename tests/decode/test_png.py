@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from service.decode import png
-from tests.conftest import encode, require_module
+from testkit.images import encode
+from tests.conftest import require_module
 
 MAX_PIXELS = 25_000_000
 PAETH = 4

@@ -12,7 +12,7 @@ from PIL import Image
 
 from service.decode import decode
 from service.errors import ServiceError
-from tests.conftest import encode
+from testkit.images import encode
 
 MAX_PIXELS = 25_000_000
 

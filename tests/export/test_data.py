@@ -22,8 +22,8 @@ from model_export.data import (
 from model_export.errors import DataError
 from service.decode import decode
 from service.preprocessing import preprocess
-from tests.conftest import encode
-from tests.dicom_factory import dicom_bytes
+from testkit.dicom_factory import dicom_bytes
+from testkit.images import encode
 
 
 def gradient(height: int, width: int, dtype: type = np.uint8, top: int = 255) -> np.ndarray:

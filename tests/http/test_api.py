@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.http.app import create_app
-from tests.conftest import make_settings, png_bytes, wait_ready
+from testkit.images import png_bytes
+from tests.conftest import make_settings, wait_ready
 from tests.reference import direct_probability
 
 

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from service.http import auth
 from service.http.app import create_app
 from service.http.auth import AuthConfigError, KeyChecker, load_api_keys
-from tests.conftest import make_settings, png_bytes, wait_ready
+from testkit.images import png_bytes
+from tests.conftest import make_settings, wait_ready
 
 KEY = "k3y-for-tests-0123456789abcdef"
 OTHER_KEY = "another-key-for-rotation-42"
@@ -157,7 +158,7 @@ def test_python_m_service_refuses_to_start_with_unusable_keys(tmp_path: Path, me
     import subprocess
     import sys
 
-    from tests.live_server import REPO_ROOT, free_port
+    from testkit.live_server import REPO_ROOT, free_port
 
     empty = tmp_path / "keys"
     empty.write_text("# no key yet\n")

@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.http.app import create_app
-from tests.conftest import make_settings, png_bytes, wait_ready
-from tests.dicom_factory import dicom_bytes, rle_bytes
-from tests.live_server import running_service
+from testkit.dicom_factory import dicom_bytes, rle_bytes
+from testkit.images import png_bytes
+from testkit.live_server import running_service
+from tests.conftest import make_settings, wait_ready
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False)

@@ -12,8 +12,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.http.app import create_app
-from tests.conftest import make_settings, png_bytes, wait_ready
-from tests.dicom_factory import (
+from testkit.dicom_factory import (
     PATIENT_ID,
     PATIENT_NAME,
     SOP_INSTANCE_UID,
@@ -21,7 +20,9 @@ from tests.dicom_factory import (
     dicom_dataset,
     to_bytes,
 )
-from tests.live_server import running_service
+from testkit.images import png_bytes
+from testkit.live_server import running_service
+from tests.conftest import make_settings, wait_ready
 
 SCAN = png_bytes(((np.add.outer(np.arange(300), np.arange(300)) * 7) % 256).astype(np.uint8))
 SECRET_FILENAME = "SECRETFILENAME-Zebulon-chest.dcm"

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.conftest import png_bytes
-from tests.live_server import running_service
+from testkit.images import png_bytes
+from testkit.live_server import running_service
 
 CLIENTS = 24  # capacity is max_queue + max_batch = 3 requests: 8x over
 SECONDS = 3.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.live_server import running_service
+from testkit.live_server import running_service
 
 EXIT_STATUSES = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
 

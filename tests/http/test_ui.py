@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.live_server import running_service
 from tests.conftest import require_module
-from tests.live_server import running_service
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [

@@ -27,9 +27,8 @@ from starlette.routing import Route
 
 from service.decode import decode
 from service.errors import ServiceError
-from tests.conftest import encode, png_bytes
-from tests.dicom_factory import dicom_bytes
-from tests.hostile_inputs import (
+from testkit.dicom_factory import dicom_bytes
+from testkit.hostile_inputs import (
     animated_png,
     corrupt_png,
     float_tiff,
@@ -39,7 +38,8 @@ from tests.hostile_inputs import (
     sixteen_bit_png,
     truncated_jpeg,
 )
-from tests.live_server import running_service
+from testkit.images import encode, png_bytes
+from testkit.live_server import running_service
 
 MAX_UPLOAD = 1024 * 1024
 
