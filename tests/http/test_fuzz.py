@@ -1,6 +1,6 @@
 """Fuzzing: random and mutated uploads never cause a 5xx; every route honours its OpenAPI schema.
 
-Example counts are bounded for CI; raise them with `FUZZ_EXAMPLES=2000 pytest tests/test_fuzz.py`.
+Example counts are bounded for CI; raise them with `FUZZ_EXAMPLES=2000 pytest tests/http/test_fuzz.py`.
 """
 
 from __future__ import annotations
