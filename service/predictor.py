@@ -85,7 +85,7 @@ def decode_pool(workers: int, *, processes: bool) -> Executor:
 class Predictor:
     """Async scoring: decode + preprocess on a pool, inference through the micro-batcher.
 
-    Requests in progress are bounded before this (service/admission.py), so the decode pool's
+    Requests in progress are bounded before this (service/http/admission.py), so the decode pool's
     backlog is bounded too.
     """
 
