@@ -4,7 +4,7 @@
  * scalar loop; Pillow, libpng, libspng and Wuffs all spend ~5 ms per 1024x1024 8-bit scan in it on
  * the benchmark machine, because they branch on every byte. The loop below selects with
  * conditional moves instead (~2.3 ms). Everything else (chunk parsing, checks, inflate) is Python
- * in service/png.py; this file only turns an inflated, size-checked buffer into pixels.
+ * in service/decode/png.py; this file only turns an inflated, size-checked buffer into pixels.
  *
  * unfilter(src, dst, height, row_bytes, bpp) -> None
  *   src: height * (1 + row_bytes) bytes, each row prefixed by its filter type (0..4)
@@ -121,7 +121,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_pngfilter", "PNG row unfiltering (see service/png.py).", 0, methods,
+    PyModuleDef_HEAD_INIT, "_pngfilter", "PNG row unfiltering (see service/decode/png.py).", 0, methods,
 };
 
 PyMODINIT_FUNC PyInit__pngfilter(void) { return PyModule_Create(&module); }

@@ -9,6 +9,7 @@ luminance and flagged, so a client can tell that its scan was not grayscale.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -22,8 +23,14 @@ GRAYSCALE_MODES = {"L", "I", "I;16", "I;16B", "I;16L", "F"}
 COLOUR_MODES = {"RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
-def decode_with_pillow(data: bytes, kind: str, *, max_pixels: int) -> DecodedScan:
-    """One Pillow format (`kind` is its table name, e.g. "png"): header checks first, so a bomb is refused before decoding."""
+def decode_with_pillow(
+    data: bytes, kind: str, *, max_pixels: int, load: Callable[[bytes, Image.Image], Image.Image] | None = None
+) -> DecodedScan:
+    """One Pillow format (`kind` is its table name, e.g. "png"): header checks first, so a bomb is refused before decoding.
+
+    `load(data, header)` replaces Pillow's own pixel decoding where a format needs a stricter one
+    (jpeg.py); Pillow still reads the header and converts the result.
+    """
     try:
         image = Image.open(io.BytesIO(data), formats=[kind.upper()])
     except Image.DecompressionBombError as error:
@@ -34,6 +41,8 @@ def decode_with_pillow(data: bytes, kind: str, *, max_pixels: int) -> DecodedSca
     check_declared_size(*image.size, getattr(image, "n_frames", 1), max_pixels=max_pixels)
 
     try:
+        if load is not None:
+            image = load(data, image)
         image.load()
         image = ImageOps.exif_transpose(image)  # a JPEG's orientation tag is how viewers show it
         mode = image.mode
