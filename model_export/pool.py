@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from model_export.data import patient_id_for
 from model_export.errors import DataError
+from service.decode import decode
 from service.errors import ServiceError
-from service.imaging import decode
 from service.preprocessing import OUTPUT_SIZE, PREPROCESSING_ID, preprocess
 from service.settings import Settings
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import uvicorn
 
-from service.app import create_app, load_configured_model
-from service.auth import AuthConfigError
+from service.http.app import create_app, load_configured_model
+from service.http.auth import AuthConfigError
+from service.http.shutdown import DrainingServer
 from service.logs import log_config
 from service.model import ModelError
 from service.settings import Settings
-from service.shutdown import DrainingServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path("models/cxr-effusion-resnet18.onnx")
+DEFAULT_MAX_PIXELS = 25_000_000  # also the decode limit training and the benchmarks apply
 
 
 class Settings(BaseSettings):
@@ -48,19 +49,22 @@ class Settings(BaseSettings):
         "get 503 overloaded without their body being read; bounds memory. Default: max_queue + 2 x max_batch.",
     )
     decode_threads: int | None = Field(
-        None, ge=1, description="Threads that decode and preprocess uploads; default: the CPUs this process may use."
+        None,
+        ge=1,
+        description="Threads that decode and preprocess uploads; default: the CPUs this process may use. "
+        "On many-core hosts about 4 per service process did best (docs/performance.md).",
     )
     decode_processes: int = Field(
         0,
         ge=0,
-        description="Worker processes that decode and preprocess uploads instead of threads; 0: threads. "
-        "Use about one per core on many-core (GPU) hosts, where threads serialise on the GIL.",
+        description="Worker processes that decode and preprocess uploads instead of threads; 0: threads, which "
+        "served more requests/s end to end on every host measured (docs/performance.md).",
     )
 
     # Input limits
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond).")
     max_pixels: int = Field(
-        25_000_000, ge=65_536, description="Largest declared image (width x height) decoded (413 beyond)."
+        DEFAULT_MAX_PIXELS, ge=65_536, description="Largest declared image (width x height) decoded (413 beyond)."
     )
 
     # HTTP server

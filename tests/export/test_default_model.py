@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
 from service.model import load_model
 from service.predictor import score_bytes
 from service.settings import DEFAULT_MODEL_PATH

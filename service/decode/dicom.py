@@ -1,0 +1,143 @@
+"""DICOM bytes -> one 2-D grayscale array with bone bright, as in the PNG exports we train on.
+
+Order of operations follows PS3.4 (grayscale pipeline): stored values (pydicom masks unused
+high bits and sign-extends per BitsStored/PixelRepresentation) -> Modality LUT (rescale
+slope/intercept or LUT) -> VOI LUT or window -> MONOCHROME1 inverted. Only single-frame
+grayscale projection radiographs are accepted.
+
+Compressed pixel data is decoded by pydicom's plugins: RLE natively, JPEG 2000 by Pillow,
+JPEG lossless, JPEG-LS and 12-bit JPEG by GDCM (python-gdcm, BSD); JPEG baseline by
+libjpeg-turbo in strict mode (service/decode/jpeg.py), which refuses corrupt data. docs/security.md
+says why these and not the GPL-licensed libjpeg plugin.
+
+Nothing here reads or returns patient identifiers: the SOP Instance UID is the only
+identifier a response may echo, and only when it is a well-formed UID.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
+
+from service.decode.formats import has_dicom_preamble
+from service.decode.jpeg import decode_pixels
+from service.decode.scan import DecodedScan, check_declared_size, decoded
+from service.errors import ErrorCode, ServiceError
+
+# Element values are validated lazily and reported as warnings that quote the offending
+# value, which may be a patient name: never let them reach stderr or the logs.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+# Projection X-ray modalities: computed/digital radiography (CR, DX, and the non-standard DR
+# some vendors write), conventional radiographic film "RG" and secondary captures "OT". CT, MR, US, etc. are refused: the model has never seen them.
+XRAY_MODALITIES = {"CR", "DX", "DR", "RG", "OT"}
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_UID_LENGTH = 64
+
+
+def decode(data: bytes, *, max_pixels: int) -> DecodedScan:
+    """Read the header first (syntax, size, frames, modality), then decode pixels only if all is well."""
+    has_preamble = has_dicom_preamble(data)
+    check_transfer_syntax(data, has_preamble)
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
+    except Exception as error:  # pydicom raises a wide variety of errors on hostile input
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file could not be parsed") from error
+
+    photometric = check_header(dataset, max_pixels=max_pixels)
+    try:
+        stored = stored_values(dataset)
+        values = apply_voi_lut(apply_modality_lut(stored, dataset), dataset)
+    except ServiceError:
+        raise
+    except Exception as error:  # missing codec, truncated or oversized frame, bad LUT or window
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM pixel data could not be decoded") from error
+    if values.shape != (int(dataset.Rows), int(dataset.Columns)):
+        raise ServiceError(ErrorCode.UNSUPPORTED_IMAGE, f"expected one 2-D frame, got shape {values.shape}")
+
+    if photometric == "MONOCHROME1":
+        # Minimum is white: reflect about the image's range so bone is bright, as in the PNG
+        # exports. Reflecting about the full output range instead would only shift values by a
+        # constant, which the per-image min-max normalisation removes.
+        values = np.asarray(values, dtype=np.float64)
+        values = values.max() + values.min() - values
+
+    try:
+        uid = safe_uid(dataset.get("SOPInstanceUID"))
+    except Exception:  # a UID element with a hostile VR: echo nothing rather than fail the scan
+        uid = None
+    return decoded(values, "dicom", photometric, sop_instance_uid=uid)
+
+
+def stored_values(dataset: Dataset) -> np.ndarray:
+    """The frame's stored values. JPEG Baseline goes through the strict decoder: GDCM and Pillow
+    decode a truncated JPEG frame as grey and report success."""
+    if dataset.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:
+        frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+        return decode_pixels(frame, "GRAY")[:, :, 0]
+    return dataset.pixel_array
+
+
+def check_transfer_syntax(data: bytes, has_preamble: bool) -> None:
+    """Refuse syntaxes pydicom would expand without bound before we see the header.
+
+    pydicom inflates a Deflated Explicit VR dataset in one unbounded `zlib.decompress`,
+    so a small upload could become gigabytes: a deflate bomb. Images are not sent deflated
+    in practice; the syntax is refused.
+    """
+    stream = io.BytesIO(data)
+    try:
+        read_preamble(stream, force=not has_preamble)
+        meta = read_dataset(
+            stream, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag >> 16 != 2
+        )
+        syntax = meta.get("TransferSyntaxUID")
+    except Exception as error:
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file meta information could not be parsed") from error
+    if syntax is None:
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file declares no transfer syntax")
+    if syntax == DeflatedExplicitVRLittleEndian:
+        raise ServiceError(ErrorCode.UNSUPPORTED_IMAGE, "the Deflated Explicit VR transfer syntax is not accepted")
+
+
+def check_header(dataset: Dataset, *, max_pixels: int) -> str:
+    """Refuse what the model cannot read before any pixel is decoded; returns the photometric interpretation."""
+    if "PixelData" not in dataset:
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file has no pixel data")
+    try:
+        modality = str(dataset.get("Modality", "") or "").upper()
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        photometric = str(dataset.get("PhotometricInterpretation", "") or "").upper()
+    except Exception as error:  # missing, malformed or wrongly typed elements
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM header lacks valid image attributes") from error
+
+    if modality and modality not in XRAY_MODALITIES:
+        raise ServiceError(
+            ErrorCode.UNSUPPORTED_MODALITY, f"modality {modality[:16]} is not a projection radiograph (CR, DX, DR, RG or OT expected)"
+        )
+    check_declared_size(columns, rows, frames, max_pixels=max_pixels)
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ServiceError(
+            ErrorCode.UNSUPPORTED_IMAGE,
+            f"only grayscale DICOM is accepted, got {photometric[:16] or 'no photometric interpretation'} "
+            f"with {samples} samples per pixel",
+        )
+    return photometric
+
+
+def safe_uid(value: object) -> str | None:
+    """The SOP Instance UID when it is a well-formed UID; anything else could carry free text."""
+    text = str(value).strip().rstrip("\x00") if value else ""
+    if 0 < len(text) <= MAX_UID_LENGTH and UID_PATTERN.match(text):
+        return text
+    return None
