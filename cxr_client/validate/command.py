@@ -112,8 +112,13 @@ def _journal_rows(journal: Path, sha256: str) -> dict[str, dict[str, str]]:
 
     if not journal.exists():
         return {}
+    from cxr_client.validate.scoring import JOURNAL_COLUMNS
+
     with journal.open(newline="") as handle:
-        rows = {row["file"]: row for row in csv.DictReader(handle)}
+        reader = csv.DictReader(handle)
+        rows = {row["file"]: row for row in reader}
+    if reader.fieldnames != JOURNAL_COLUMNS:
+        raise InputError(f"{journal} was not written by this version of validate; use a new --output")
     others = {row["model_sha256"] for row in rows.values() if row.get("model_sha256") and row["model_sha256"] != sha256}
     if others:
         raise InputError(f"{journal} holds scores of another model (sha256 {sorted(others)[0][:12]}...); use a new --output")
