@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +37,13 @@ def run_command(args: argparse.Namespace) -> int:
     except InputError as error:
         print(f"validate: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("validate: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from cxr_client.predict import find_scans, run
+    from cxr_client.predict import find_scans
     from cxr_client.validate.inputs import InputError, check_unambiguous, read_label_table
 
     targets = tuple(args.target_sensitivity or (0.90, 0.95))
@@ -65,7 +67,7 @@ def _validate(args: argparse.Namespace) -> int:
     done = _journal_rows(journal, scorer.model.sha256)
     todo = [path for path in files if not _final(done.get(str(path)))]
     concurrency = args.concurrency or (4 if args.url else 2)
-    _score(todo, scorer, journal, concurrency=concurrency, progress=not args.no_progress, run=run)
+    _score(todo, scorer, journal, concurrency=concurrency, progress=not args.no_progress)
     rows = _journal_rows(journal, scorer.model.sha256)
     return _write_outputs(args, files, relatives, rows, table, scorer, targets, journal)
 
@@ -88,8 +90,8 @@ def _scorer(args: argparse.Namespace) -> Scorer:
         raise InputError(str(error)) from None
 
 
-def _score(todo: list[Path], scorer: Scorer, journal: Path, *, concurrency: int, progress: bool, run: Callable[..., Any]) -> None:
-    from cxr_client.predict import RowWriter
+def _score(todo: list[Path], scorer: Scorer, journal: Path, *, concurrency: int, progress: bool) -> None:
+    from cxr_client.predict import RowWriter, run
     from cxr_client.validate.scoring import JOURNAL_COLUMNS
 
     writer = RowWriter(journal, JOURNAL_COLUMNS)

@@ -16,6 +16,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CALIBRATION_BINS = 10
+MIN_PER_CLASS_FOR_INTERVAL = 5  # below this a percentile bootstrap mostly resamples one or two scans: no interval
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,17 @@ def bootstrap(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> Estimate:
-    """Percentile bootstrap over scans; resamples with one class only are skipped (and counted)."""
+    """Percentile bootstrap over scans; resamples with one class only are skipped (and counted).
+
+    No interval when either class has fewer than MIN_PER_CLASS_FOR_INTERVAL scans: the interval
+    would describe the resampling of those few scans, not the model.
+    """
     value = metric(labels, probabilities)
     if value is None:
         return Estimate(None, None, 0)
+    positives = int(labels.sum())
+    if min(positives, labels.size - positives) < MIN_PER_CLASS_FOR_INTERVAL:
+        return Estimate(value, None, 0)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(resamples):

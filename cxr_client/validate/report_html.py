@@ -49,7 +49,7 @@ def _percent(value: float | None) -> str:
 def _estimate(estimate: dict[str, Any]) -> str:
     interval = estimate["ci95"]
     text = _number(estimate["value"])
-    return f"{text} (95% CI {interval[0]:.3f} to {interval[1]:.3f})" if interval else f"{text} (no interval: too few of one class)"
+    return f"{text} (95% CI {interval[0]:.3f} to {interval[1]:.3f})" if interval else f"{text} (no interval: too few scans of one class)"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

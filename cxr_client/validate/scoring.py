@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cxr_client.predict import Row, http_client, http_scorer
 
 if TYPE_CHECKING:
+    import httpx
     import numpy as np
 
     from service.model import Model
@@ -193,7 +194,7 @@ class RemoteError(Exception):
     """The deployment cannot be asked what it serves; the message is one line."""
 
 
-def remote_model_facts(client: Any, url: str) -> ModelFacts:
+def remote_model_facts(client: httpx.Client, url: str) -> ModelFacts:
     """What the deployment serves, from its GET /model."""
     import httpx
 

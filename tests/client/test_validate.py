@@ -22,10 +22,12 @@ from service.model import contract_metadata, load_model
 from testkit.dicom_factory import dicom_bytes
 from testkit.live_server import running_service
 from testkit.model_factory import build_model
-from tests.conftest import SHARED_DATA, require_nih
+from tests.conftest import SHARED_DATA, require_module, require_nih
 from tests.reference import direct_probability
 
 EXTRA = SHARED_DATA / "nih-extra"
+require_module("sklearn")  # the validate extra: scikit-learn and matplotlib (CI installs them with train)
+require_module("matplotlib")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -107,8 +109,10 @@ def test_class_folders_scored_locally(local_report: Path, folders: Path, heat_mo
 
 
 def test_local_and_url_give_identical_numbers(local_report: Path, folders: Path, heat_model: Path, tmp_path: Path) -> None:
-    with running_service(heat_model) as server:
-        assert validate(folders, "--url", server.url, "--output", tmp_path) == 0
+    key = "validate-test-key-0123456789"
+    with running_service(heat_model, CXR_API_KEYS=key) as server:
+        assert validate(folders, "--url", server.url, "--output", tmp_path / "nokey") == 2  # GET /model: 401, one line
+        assert validate(folders, "--url", server.url, "--api-key", key, "--output", tmp_path) == 0
     local = json.loads((local_report / "report.json").read_text())
     remote = json.loads((tmp_path / "report.json").read_text())
     assert remote["model"]["scored_by"].startswith("url: http://127.0.0.1")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import require_module
+
+require_module("sklearn")  # the validate extra (CI installs it with the train extra)
+
 from cxr_client.validate import metrics
 
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
@@ -50,12 +54,18 @@ def test_calibration_error_by_hand() -> None:
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_value() -> None:
-    first = metrics.bootstrap(metrics.auroc, LABELS, SCORES, resamples=300)
-    again = metrics.bootstrap(metrics.auroc, LABELS, SCORES, resamples=300)
+    labels, scores = np.tile(LABELS, 2), np.tile(SCORES, 2)  # 8 effusion, 12 not
+    first = metrics.bootstrap(metrics.auroc, labels, scores, resamples=300)
+    again = metrics.bootstrap(metrics.auroc, labels, scores, resamples=300)
     assert first == again and first.ci95 is not None
     assert first.ci95[0] <= first.value <= first.ci95[1] <= 1.0 and first.ci95[0] < first.ci95[1]
     assert 0 < first.resamples_used <= 300
-    assert metrics.bootstrap(metrics.auroc, LABELS[:4], SCORES[:4]) == metrics.Estimate(None, None, 0)
+    assert metrics.bootstrap(metrics.auroc, LABELS[:4], SCORES[:4]) == metrics.Estimate(None, None, 0)  # one class
+
+
+def test_no_interval_from_a_handful_of_scans_of_one_class() -> None:
+    few = metrics.bootstrap(metrics.auroc, LABELS, SCORES)  # 4 effusion scans
+    assert few.value == pytest.approx(21 / 24) and few.ci95 is None
 
 
 def test_most_confident_errors_order() -> None:
