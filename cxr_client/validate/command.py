@@ -177,6 +177,9 @@ def _write_outputs(
         f"{len(data['unlabelled'])} without a label, {unfinished} left for a rerun -> {args.output / 'report.html'}",
         file=sys.stderr,
     )
+    if not data["scored_with_label"]:
+        print("validate: no scored scan has a label: use folders effusion/, nofinding/, other/ under DATA, or --labels CSV", file=sys.stderr)
+        return 1
     return 1 if unfinished else 0
 
 

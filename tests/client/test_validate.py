@@ -250,3 +250,12 @@ def test_bad_arguments_are_one_line_from_the_installed_command(tmp_path: Path) -
     for args, message in cases:
         result = subprocess.run([sys.executable, "-m", "cxr_client", *args], capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_scans_without_any_label_say_how_to_label_them(nih_png: Path, heat_model: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "flat").mkdir()
+    shutil.copy(nih_png, tmp_path / "flat" / nih_png.name)
+    assert validate(tmp_path / "flat", "--model", heat_model, "-o", tmp_path / "out") == 1
+    assert "no scored scan has a label: use folders effusion/" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["data"]["unlabelled"] == [nih_png.name]
+
