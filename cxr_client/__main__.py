@@ -2,6 +2,6 @@
 
 import sys
 
-from cxr_client.predict import main
+from cxr_client.cli import main
 
 sys.exit(main())

@@ -93,11 +93,11 @@ def _is_jsonl(output: Path) -> bool:
 class RowWriter:
     """Appends rows to CSV or JSON Lines and flushes each one, so an interruption loses nothing."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, columns: list[str] = COLUMNS) -> None:
         self.jsonl = _is_jsonl(output)
         new = not output.exists() or output.stat().st_size == 0
         self.handle: IO[str] = output.open("a", newline="")
-        self.csv = None if self.jsonl else csv.DictWriter(self.handle, fieldnames=COLUMNS)
+        self.csv = None if self.jsonl else csv.DictWriter(self.handle, fieldnames=columns)
         if self.csv is not None and new:
             self.csv.writeheader()
 
@@ -112,12 +112,19 @@ class RowWriter:
         self.handle.close()
 
 
+def http_client(url: str, *, api_key: str | None, timeout: float) -> httpx.Client:
+    """An HTTP client for the service at `url`, sending the API key if there is one."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+
 def http_scorer(url: str, *, api_key: str | None, timeout: float, retries: int) -> Callable[[Path], Row]:
     """Score a file by POSTing it to a running service, retrying 503s as `Retry-After` asks."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+    client = http_client(url, api_key=api_key, timeout=timeout)
 
     def score(path: Path) -> Row:
         data = path.read_bytes()
@@ -226,9 +233,8 @@ def _score_readable(score: Callable[[Path], Row], path: Path) -> Row:
         return Row(str(path), error_code="unreadable_file", error_message=error.strerror or type(error).__name__)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cxr-effusion", description="Score chest X-rays for pleural effusion.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `predict` on the `cxr-effusion` command line (cxr_client/cli.py)."""
     predict = commands.add_parser(
         "predict",
         help="score files or folders (PNG, JPEG, DICOM)",
@@ -245,17 +251,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output", "-o", type=Path, default=Path("results.csv"), help="CSV, or JSON Lines if it ends in .jsonl"
     )
     predict.add_argument("--concurrency", "-c", type=int, default=4, help="requests in flight (default: %(default)s)")
-    predict.add_argument("--retries", type=int, default=5, help="retries of a 503 or connection error per file")
-    predict.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    predict.add_argument(
+    add_http_options(predict)
+    predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_http_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that talks to a running service."""
+    parser.add_argument("--retries", type=int, default=5, help="retries of a 503 or connection error per file")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument(
         "--api-key", default=os.environ.get("CXR_API_KEY"), help="API key if the service needs one (env CXR_API_KEY)"
     )
-    predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_command(args: argparse.Namespace) -> int:
+    """`cxr-effusion predict`: exit status 1 when any file failed."""
     scans = find_scans(args.paths)
     finished = read_finished(args.output)
     todo = [scan for scan in scans if str(scan) not in finished]
@@ -275,7 +285,3 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 1 if counts["failed"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

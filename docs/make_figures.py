@@ -2,6 +2,7 @@
 
     python docs/make_figures.py            # heatmaps.png
     python docs/make_figures.py --ui       # also ui.png (starts the service, drives Chromium)
+    python docs/make_figures.py --validation   # also validation.png, from docs/validation-example/report.html
 
 Uses only the service's own core (decode, preprocess, model, heatmap rendering), so the
 figure shows exactly what /predict?heatmap=true returns.
@@ -75,15 +76,35 @@ def ui_screenshot(output: Path) -> None:
     print(f"wrote {output}")
 
 
+def validation_screenshot(output: Path) -> None:
+    """The top of the example validation report, in 256 colours so the README's image stays small."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1000, "height": 1150})
+        page.goto((ROOT / "docs" / "validation-example" / "report.html").as_uri())
+        shot = page.screenshot()
+        browser.close()
+    Image.open(io.BytesIO(shot)).convert("RGB").quantize(256).save(output, optimize=True)
+    print(f"wrote {output}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ui", action="store_true", help="also take a screenshot of the review page")
+    parser.add_argument("--validation", action="store_true", help="also take a screenshot of the example validation report")
     args = parser.parse_args()
     out = ROOT / "docs" / "img"
     out.mkdir(parents=True, exist_ok=True)
     heatmap_figure(out / "heatmaps.png")
     if args.ui:
         ui_screenshot(out / "ui.png")
+    if args.validation:
+        validation_screenshot(out / "validation.png")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ REQUIRED_METADATA = (
     "model_name",
     "model_version",
 )
-JSON_METADATA = ("class_names", "training_data", "validation_metrics", "calibration", "exporter", "variants", "variant")
+JSON_METADATA = ("class_names", "training_data", "validation_metrics", "calibration", "exporter", "variants", "variant", "threshold_change")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # EXHAUSTIVE finds the fastest cuDNN kernels; its cost (100-400 ms per new input shape) is

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_client.predict import main
+from cxr_client.cli import main
 from testkit.live_server import REPO_ROOT, running_service
 from tests.reference import direct_probability
 
