@@ -7,10 +7,15 @@ stops start-up with one line naming the problem (exit status 2) instead of a tra
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import logging.config
 import sys
 from pathlib import Path
+
+if importlib.util.find_spec("onnxruntime") is None:  # one line saying what to install, not an import traceback
+    print("error: ONNX Runtime is not installed: pip install 'cxr-effusion[cpu]' (or [gpu] for CUDA)", file=sys.stderr)
+    sys.exit(2)
 
 import uvicorn
 

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path("models/cxr-effusion-resnet18.onnx")
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the checkout, when installed editable (make serve, make test)
 DEFAULT_MAX_PIXELS = 25_000_000  # also the decode limit training and the benchmarks apply
 
 
