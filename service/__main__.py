@@ -19,12 +19,13 @@ if importlib.util.find_spec("onnxruntime") is None:  # one line saying what to i
 
 import uvicorn
 
-from service.http.app import create_app, load_configured_model
+from service.http.app import create_app
 from service.http.auth import AuthConfigError
 from service.http.shutdown import DrainingServer
 from service.logs import log_config
 from service.model import ModelError
 from service.settings import Settings
+from service.variant_choice import load_served_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,12 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.captureWarnings(True)  # library warnings become log lines in the same format
 
     try:
-        model = load_configured_model(settings)
+        served = load_served_model(settings)
     except ModelError as error:
         print(f"error: model refused: {error}", file=sys.stderr)
         sys.exit(2)
+    logging.getLogger("service").info("serving the %s variant: %s", served.variant, served.reason)
     try:
-        app = create_app(settings, model=model)
+        app = create_app(settings, served=served)
     except AuthConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -23,10 +23,11 @@ class Settings(BaseSettings):
 
     # Model and execution
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="ONNX model file to serve.")
-    model_variant: Literal["fp32", "int8", "fp16"] = Field(
-        "fp32",
-        description="fp32 serves CXR_MODEL_PATH; int8 (CPU) or fp16 (CUDA) serve its sibling <stem>.<variant>.onnx "
-        "written by `python -m model_export variants`.",
+    model_variant: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto",
+        description="auto: on CPU the INT8 sibling <stem>.int8.onnx when its recorded AUROC guard passed, else and on CUDA "
+        "CXR_MODEL_PATH itself; fp32 serves CXR_MODEL_PATH; int8 (CPU) or fp16 (CUDA) serve its sibling "
+        "<stem>.<variant>.onnx written by `python -m model_export variants`.",
     )
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto",
@@ -98,16 +99,6 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one JSON object per line (for log collectors); text: for a terminal."
     )
-
-    @property
-    def model_file(self) -> Path:
-        """The file actually served: `model_path`, or its sibling of the chosen variant."""
-        return variant_path(self.model_path, self.model_variant)
-
-    @property
-    def variant_of(self) -> Path | None:
-        """The FP32 model a variant stands in for (None when serving FP32 itself)."""
-        return None if self.model_variant == "fp32" else self.model_path
 
 
 def variant_path(model_path: Path, variant: str) -> Path:

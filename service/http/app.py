@@ -33,13 +33,14 @@ from service.http.schemas import (
     ModelResponse,
     PredictionResponse,
     ReadyResponse,
+    VariantInfo,
 )
 from service.http.ui import UI_PATHS, add_ui_routes
 from service.http.uploads import read_upload
-from service.model import Model, load_model
+from service.model import Model
 from service.predictor import Prediction, Predictor
-from service.resources import available_cpus
 from service.settings import Settings
+from service.variant_choice import ServedModel, load_served_model
 
 logger = logging.getLogger("service")
 
@@ -70,7 +71,7 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.readiness = Readiness()
-        self.model: Model | None = None
+        self.served: ServedModel | None = None
         self.predictor: Predictor | None = None
         self.metrics = Metrics()
         self.admission = Admission(settings.max_in_flight or settings.max_queue + 2 * settings.max_batch)
@@ -81,14 +82,15 @@ class ServiceState:
         self.readiness.set("draining", "the service is shutting down")
 
 
-def create_app(settings: Settings | None = None, *, model: Model | None = None) -> FastAPI:
-    """Build the app; pass an already loaded `model` to skip loading (python -m service does)."""
+def create_app(settings: Settings | None = None, *, served: ServedModel | None = None) -> FastAPI:
+    """Build the app; pass an already loaded model to skip loading (python -m service does)."""
     settings = settings or Settings()
     state = ServiceState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = model or await anyio.to_thread.run_sync(load_configured_model, settings)
+        state.served = served or await anyio.to_thread.run_sync(load_served_model, settings)
+        loaded = state.served.model
         batcher = MicroBatcher(
             loaded.predict,
             run_with_heatmap=loaded.predict_with_heatmap if loaded.has_heatmap else None,
@@ -97,7 +99,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             max_queue=settings.max_queue,
         )
         predictor = Predictor.from_settings(loaded, batcher, settings)
-        state.model, state.predictor = loaded, predictor
+        state.predictor = predictor
         state.metrics.watch(batcher, loaded)
         problem = loaded.provider_problem(settings.execution_provider)
         if problem is None:
@@ -147,9 +149,10 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     async def ready() -> JSONResponse:
         """200 only when the model is loaded, checked, on the requested provider and warmed up."""
         body = ReadyResponse(ready=state.readiness.ready, status=state.readiness.status, reason=state.readiness.reason)
-        if state.model is not None:
-            body.model = _model_info(state.model)
-            body.execution_provider = state.model.execution_provider
+        if state.served is not None:
+            body.model = _model_info(state.served.model)
+            body.execution_provider = state.served.model.execution_provider
+            body.variant = _variant_info(state.served)
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
     @app.get("/live", response_model=LiveResponse)
@@ -160,16 +163,17 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     @app.get("/model", response_model=ModelResponse, responses={503: {"model": ErrorResponse}})
     async def model_card() -> ModelResponse:
         """The served model's contract, metrics and provenance."""
-        if state.model is None:
+        if state.served is None:
             raise ServiceError(ErrorCode.NOT_READY, state.readiness.reason or "the model is not loaded")
-        contract = state.model.contract
+        contract = state.served.model.contract
         return ModelResponse(
-            model=_model_info(state.model),
-            execution_provider=state.model.execution_provider,
+            model=_model_info(state.served.model),
+            variant=_variant_info(state.served),
+            execution_provider=state.served.model.execution_provider,
             preprocessing_id=contract.preprocessing_id,
             threshold=contract.threshold,
             class_names=list(contract.class_names),
-            heatmap=state.model.has_heatmap,
+            heatmap=state.served.model.has_heatmap,
             metadata=contract.metadata,
         )
 
@@ -181,16 +185,6 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     add_ui_routes(app)
     _add_middleware(app, state)
     return app
-
-
-def load_configured_model(settings: Settings) -> Model:
-    """Load and check the model `settings` name (blocking start-up work; `python -m service` calls it before binding)."""
-    return load_model(
-        settings.model_file,
-        policy=settings.execution_provider,
-        intra_op_threads=settings.intra_op_threads or available_cpus(),
-        variant_of=settings.variant_of,
-    )
 
 
 def _add_middleware(app: FastAPI, state: ServiceState) -> None:
@@ -227,10 +221,13 @@ async def _warm_up(state: ServiceState, predictor: Predictor) -> None:
         state.readiness.set("failed", f"warm-up failed: {type(error).__name__}")
         return
     state.readiness.set("ready")
+    served = state.served
     logger.info(
-        "ready: model %s %s on %s; PNG decoder: %s",
+        "ready: model %s %s, variant %s (%s), on %s; PNG decoder: %s",
         model.contract.model_name,
         model.contract.model_version,
+        served.variant if served else "?",
+        served.reason if served else "?",
         model.execution_provider,
         "fast path (service/decode/png.py)" if png.available() else "Pillow only (service.decode._pngfilter was not built)",
     )
@@ -244,6 +241,10 @@ def _ready_predictor(state: ServiceState) -> Predictor:
 
 def _model_info(model: Model) -> ModelInfo:
     return ModelInfo(name=model.contract.model_name, version=model.contract.model_version, sha256=model.sha256)
+
+
+def _variant_info(served: ServedModel) -> VariantInfo:
+    return VariantInfo(name=served.variant, reason=served.reason)
 
 
 def _prediction_response(prediction: Prediction, model: Model, request_id: str) -> PredictionResponse:
