@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
@@ -119,7 +120,7 @@ def create_app(settings: Settings | None = None, *, served: ServedModel | None =
             await batcher.stop()
             predictor.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # a FastAPI app whose /docs and /redoc load their assets from this service, never a CDN
         title="cxr-effusion",
         version=__version__,
         summary="Pleural effusion probability for a chest X-ray. Research and integration use, not for clinical use.",
