@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long /ready says 503 and new work is refused before the listener closes, "
         "so load balancers stop sending traffic first. SIGINT (Ctrl-C) skips it.",
     )
+    root_path: str = Field(
+        "",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="Path prefix the gateway serves the service under, e.g. /cxr; empty: served at the root. Works whether "
+        "the gateway strips the prefix or passes it on; /docs, /openapi.json and the review page use it.",
+    )
     cors_origins: str = Field(
         "", description="Comma-separated browser origins allowed by CORS (e.g. https://viewer.example.org); empty: CORS off."
     )

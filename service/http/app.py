@@ -25,6 +25,7 @@ from service.http.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, documen
 from service.http.errors import add_error_handlers
 from service.http.metrics import Metrics
 from service.http.observability import RequestObserver
+from service.http.prefix import PathPrefix
 from service.http.readiness import Readiness
 from service.http.schemas import (
     ErrorResponse,
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, *, served: ServedModel | None =
         version=__version__,
         summary="Pleural effusion probability for a chest X-ray. Research and integration use, not for clinical use.",
         lifespan=lifespan,
+        root_path=settings.root_path,  # at the app, not uvicorn: uvicorn's would prefix paths a gateway already kept
     )
     app.state.service = state
     add_error_handlers(app)
@@ -189,7 +191,7 @@ def create_app(settings: Settings | None = None, *, served: ServedModel | None =
 
 
 def _add_middleware(app: FastAPI, state: ServiceState) -> None:
-    """Outermost first: request id, metrics and log line; CORS; API keys; then the routes."""
+    """Outermost first: the gateway's path prefix; request id, metrics and log line; CORS; API keys; then the routes."""
     settings = state.settings
     keys = load_api_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file)
     if keys:
@@ -209,6 +211,8 @@ def _add_middleware(app: FastAPI, state: ServiceState) -> None:
         )
     known_paths = frozenset(getattr(route, "path", "") for route in app.routes)
     app.add_middleware(RequestObserver, metrics=state.metrics, known_paths=known_paths)
+    if settings.root_path:
+        app.add_middleware(PathPrefix, root_path=settings.root_path)
 
 
 async def _warm_up(state: ServiceState, predictor: Predictor) -> None:
