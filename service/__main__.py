@@ -22,6 +22,7 @@ import uvicorn
 from service.http.app import create_app
 from service.http.auth import AuthConfigError
 from service.http.shutdown import DrainingServer
+from service.http.workers import serve_workers
 from service.logs import log_config
 from service.model import ModelError
 from service.settings import Settings
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="TCP port (CXR_PORT, default 8000)")
     parser.add_argument("--model", type=Path, help="ONNX model file (CXR_MODEL_PATH)")
     parser.add_argument("--execution-provider", choices=["auto", "cuda", "cpu"], help="CXR_EXECUTION_PROVIDER")
+    parser.add_argument("--workers", type=int, help="service processes sharing the port (CXR_WORKERS, default 1)")
     return parser.parse_args(argv)
 
 
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         "port": args.port,
         "model_path": args.model,
         "execution_provider": args.execution_provider,
+        "workers": args.workers,
     }
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     logging_config = log_config(settings.log_level, settings.log_format)
@@ -66,16 +69,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=logging_config,
-        log_level=settings.log_level,
-        access_log=False,  # service.requests logs each request once, with its id and error code
-        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # uvicorn accepts a float
-        server_header=False,
-    )
+    config_options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": logging_config,
+        "log_level": settings.log_level,
+        "access_log": False,  # service.requests logs each request once, with its id and error code
+        "timeout_graceful_shutdown": settings.drain_timeout_s,  # uvicorn accepts a float
+        "server_header": False,
+    }
+    if settings.workers > 1:
+        del app, served  # checked; each worker loads its own copy
+        sys.exit(serve_workers(settings, config_options, settings.workers))
+    config = uvicorn.Config(app, **config_options)
     DrainingServer(config, on_drain=app.state.service.drain, drain_delay_s=settings.drain_delay_s).run()
 
 

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # HTTP server
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 in a container.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Service processes sharing the port, each loading the model and turning ready on its own."
+    )
     drain_timeout_s: float = Field(
         20.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish before exit."
     )

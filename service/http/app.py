@@ -77,7 +77,7 @@ class ServiceState:
         self.predictor: Predictor | None = None
         self.metrics = Metrics()
         self.admission = Admission(settings.max_in_flight or settings.max_queue + 2 * settings.max_batch)
-        self.metrics.ready.set_function(lambda: float(self.readiness.ready))
+        self.metrics.is_ready = lambda: self.readiness.ready
 
     def drain(self) -> None:
         """SIGTERM arrived: /ready says 503 and new work is refused from now on."""
