@@ -29,7 +29,7 @@ def metric(url: str, name: str, /, **labels: str) -> float:
 
 
 def test_two_workers_each_load_the_model_turn_ready_and_share_their_metrics(mean_model: Path, nih_png: Path) -> None:
-    with running_service(mean_model, CXR_WORKERS="2") as server:
+    with running_service(mean_model, ready_timeout=240, CXR_WORKERS="2") as server:
         pids = worker_pids(server.process.pid)
         assert len(pids) == 2
         deadline = time.monotonic() + 120
