@@ -12,6 +12,7 @@ in a private temporary folder that the parent creates before the workers start a
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ from service.settings import Settings
 
 logger = logging.getLogger("service")
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when a worker imports it
 
 
@@ -39,7 +41,7 @@ def serve_workers(settings: Settings, config_options: dict[str, Any], workers: i
     os.environ[METRICS_DIR_VARIABLE] = metrics_dir  # inherited by the workers, which are started afresh (spawn)
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=run_worker, args=(settings, config_options, sock), name=f"cxr-worker-{index}")
+        context.Process(target=run_worker, args=(settings, config_options, sock, os.getpid()), name=f"cxr-worker-{index}")
         for index in range(workers)
     ]
     stopping = False
@@ -75,7 +77,7 @@ def serve_workers(settings: Settings, config_options: dict[str, Any], workers: i
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def run_worker(settings: Settings, config_options: dict[str, Any], sock: socket.socket) -> None:
+def run_worker(settings: Settings, config_options: dict[str, Any], sock: socket.socket, parent: int) -> None:
     """One worker: load and check the model, then serve the inherited socket until drained."""
     import logging.config
 
@@ -85,6 +87,7 @@ def run_worker(settings: Settings, config_options: dict[str, Any], sock: socket.
     from service.variant_choice import load_served_model
 
     os.setpgrp()  # Ctrl-C reaches the parent only, which passes it on once (a second signal would cut the drain short)
+    drain_when_orphaned(parent)
     logging.config.dictConfig(config_options["log_config"])
     try:
         served = load_served_model(settings)
@@ -95,3 +98,11 @@ def run_worker(settings: Settings, config_options: dict[str, Any], sock: socket.
     logger.info("worker %d serving the %s variant: %s", os.getpid(), served.variant, served.reason)
     config = uvicorn.Config(app, **config_options)
     DrainingServer(config, on_drain=app.state.service.drain, drain_delay_s=settings.drain_delay_s).run(sockets=[sock])
+
+
+def drain_when_orphaned(parent: int) -> None:
+    """Ask Linux for a SIGTERM when the parent dies (even by SIGKILL), so no worker outlives it and keeps the port."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -49,6 +49,17 @@ def test_two_workers_each_load_the_model_turn_ready_and_share_their_metrics(mean
             assert f"worker {pid} serving the fp32 variant" in log
 
 
+def test_no_worker_outlives_a_killed_parent(mean_model: Path) -> None:
+    with running_service(mean_model, ready_timeout=240, CXR_WORKERS="2") as server:
+        pids = worker_pids(server.process.pid)
+        server.process.kill()  # SIGKILL: the parent cannot pass anything on
+        server.process.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text() for pid in pids):
+            assert time.monotonic() < deadline, "a worker outlived its parent"
+            time.sleep(0.2)
+
+
 def test_a_refused_model_stops_the_workers_before_the_port_opens(tmp_path: Path) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
