@@ -114,7 +114,7 @@ def per_scan_costs(scans: list[bytes], repeats: int) -> dict[str, float]:
 
 def pipeline_ceiling(settings: Settings, scans: list[bytes], seconds: float, concurrency: int = 16) -> float:
     """(c) scans/s of the service's own pipeline (decode pool + micro-batcher + ORT), all cores, no HTTP."""
-    model = load_model(settings.model_file, policy="cpu", intra_op_threads=settings.intra_op_threads or available_cpus())
+    model = load_model(settings.model_path, policy="cpu", intra_op_threads=settings.intra_op_threads or available_cpus())
     model.warm_up(list(range(1, settings.max_batch + 1)), 1)
 
     async def drive() -> float:

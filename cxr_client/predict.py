@@ -264,15 +264,34 @@ def add_http_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def default_model() -> Path:
+    """CXR_MODEL_PATH, else the shipped model: from the working directory if it is there, else from the
+    checkout the package is installed from (`make serve` installs it editable), so `--local` works anywhere."""
+    from service.settings import DEFAULT_MODEL_PATH, SOURCE_ROOT, Settings
+
+    configured = Settings().model_path
+    if configured != DEFAULT_MODEL_PATH or configured.exists():
+        return configured
+    return SOURCE_ROOT / DEFAULT_MODEL_PATH
+
+
 def run_command(args: argparse.Namespace) -> int:
     """`cxr-effusion predict`: exit status 1 when any file failed."""
     scans = find_scans(args.paths)
     finished = read_finished(args.output)
     todo = [scan for scan in scans if str(scan) not in finished]
     if args.local:
-        from service.settings import Settings
-
-        score = local_scorer(args.model or Settings().model_path)
+        try:
+            from service.model import ModelError
+        except ModuleNotFoundError as error:  # the core without ONNX Runtime: say what to install, not a traceback
+            print(f"error: --local needs {error.name}: pip install 'cxr-effusion[cpu]' (or use --url)", file=sys.stderr)
+            return 2
+        model = args.model or default_model()
+        try:
+            score = local_scorer(model)
+        except ModelError as error:
+            print(f"error: cannot use model {model}: {error}; pass --model PATH or set CXR_MODEL_PATH", file=sys.stderr)
+            return 2
     else:
         score = http_scorer(args.url, api_key=args.api_key, timeout=args.timeout, retries=args.retries)
     writer = RowWriter(args.output)

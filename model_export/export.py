@@ -37,7 +37,7 @@ from service.model import HEATMAP_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, ModelErr
 OPSET = 18
 TOLERANCE = 1e-4
 HEATMAP_TOLERANCE = 1e-3  # maps are scaled by their own peak, which magnifies float noise where the peak is low
-DEFAULT_MODEL_NAME = "cxr-effusion-resnet18"
+DEV_VERSION = "0.0.0-dev"  # a self-trained model's version unless one is given: never the shipped model's identity
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -55,13 +55,17 @@ def export_run(
     output: Path,
     *,
     evaluation: Path | None = None,
-    model_name: str = DEFAULT_MODEL_NAME,
-    model_version: str = "1.0.0",
+    model_name: str | None = None,
+    model_version: str | None = None,
     parity_images: int = 8,
     opset: int = OPSET,
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
-    """Export best.pt of `run` with the threshold and metrics of its evaluation report."""
+    """Export best.pt of `run` with the threshold and metrics of its evaluation report.
+
+    Unnamed, the model is `cxr-effusion-<run folder name>` version `0.0.0-dev`, so a self-trained
+    model never answers /predict and /model as if it were the shipped one.
+    """
     evaluation = evaluation or run / "evaluation" / "report.json"
     try:
         report = json.loads(evaluation.read_text())
@@ -75,8 +79,8 @@ def export_run(
     network, checkpoint = load_trained(run / "best.pt")
     metadata = contract_metadata(
         threshold=report["threshold"]["value"],
-        model_name=model_name,
-        model_version=model_version,
+        model_name=model_name or f"cxr-effusion-{run.resolve().name}",
+        model_version=model_version or DEV_VERSION,
         threshold_rule=report["threshold"]["rule"],
         training_data={
             "data": config.data,

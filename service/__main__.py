@@ -7,19 +7,26 @@ stops start-up with one line naming the problem (exit status 2) instead of a tra
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import logging.config
 import sys
 from pathlib import Path
 
+if importlib.util.find_spec("onnxruntime") is None:  # one line saying what to install, not an import traceback
+    print("error: ONNX Runtime is not installed: pip install 'cxr-effusion[cpu]' (or [gpu] for CUDA)", file=sys.stderr)
+    sys.exit(2)
+
 import uvicorn
 
-from service.http.app import create_app, load_configured_model
+from service.http.app import create_app
 from service.http.auth import AuthConfigError
 from service.http.shutdown import DrainingServer
+from service.http.workers import serve_workers
 from service.logs import log_config
 from service.model import ModelError
 from service.settings import Settings
+from service.variant_choice import load_served_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="TCP port (CXR_PORT, default 8000)")
     parser.add_argument("--model", type=Path, help="ONNX model file (CXR_MODEL_PATH)")
     parser.add_argument("--execution-provider", choices=["auto", "cuda", "cpu"], help="CXR_EXECUTION_PROVIDER")
+    parser.add_argument("--workers", type=int, help="service processes sharing the port (CXR_WORKERS, default 1)")
     return parser.parse_args(argv)
 
 
@@ -42,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         "port": args.port,
         "model_path": args.model,
         "execution_provider": args.execution_provider,
+        "workers": args.workers,
     }
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     logging_config = log_config(settings.log_level, settings.log_format)
@@ -49,26 +58,30 @@ def main(argv: list[str] | None = None) -> None:
     logging.captureWarnings(True)  # library warnings become log lines in the same format
 
     try:
-        model = load_configured_model(settings)
+        served = load_served_model(settings)
     except ModelError as error:
         print(f"error: model refused: {error}", file=sys.stderr)
         sys.exit(2)
+    logging.getLogger("service").info("serving the %s variant: %s", served.variant, served.reason)
     try:
-        app = create_app(settings, model=model)
+        app = create_app(settings, served=served)
     except AuthConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=logging_config,
-        log_level=settings.log_level,
-        access_log=False,  # service.requests logs each request once, with its id and error code
-        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # uvicorn accepts a float
-        server_header=False,
-    )
+    config_options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": logging_config,
+        "log_level": settings.log_level,
+        "access_log": False,  # service.requests logs each request once, with its id and error code
+        "timeout_graceful_shutdown": settings.drain_timeout_s,  # uvicorn accepts a float
+        "server_header": False,
+    }
+    if settings.workers > 1:
+        del app, served  # checked; each worker loads its own copy
+        sys.exit(serve_workers(settings, config_options, settings.workers))
+    config = uvicorn.Config(app, **config_options)
     DrainingServer(config, on_drain=app.state.service.drain, drain_delay_s=settings.drain_delay_s).run()
 
 

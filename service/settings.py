@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path("models/cxr-effusion-resnet18.onnx")
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the checkout, when installed editable (make serve, make test)
 DEFAULT_MAX_PIXELS = 25_000_000  # also the decode limit training and the benchmarks apply
 
 
@@ -22,10 +23,11 @@ class Settings(BaseSettings):
 
     # Model and execution
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="ONNX model file to serve.")
-    model_variant: Literal["fp32", "int8", "fp16"] = Field(
-        "fp32",
-        description="fp32 serves CXR_MODEL_PATH; int8 (CPU) or fp16 (CUDA) serve its sibling <stem>.<variant>.onnx "
-        "written by `python -m model_export variants`.",
+    model_variant: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto",
+        description="auto: on CPU the INT8 sibling <stem>.int8.onnx when its recorded AUROC guard passed, else and on CUDA "
+        "CXR_MODEL_PATH itself; fp32 serves CXR_MODEL_PATH; int8 (CPU) or fp16 (CUDA) serve its sibling "
+        "<stem>.<variant>.onnx written by `python -m model_export variants`.",
     )
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto",
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     # HTTP server
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 in a container.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Service processes sharing the port, each loading the model and turning ready on its own."
+    )
     drain_timeout_s: float = Field(
         20.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish before exit."
     )
@@ -78,6 +83,12 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM, how long /ready says 503 and new work is refused before the listener closes, "
         "so load balancers stop sending traffic first. SIGINT (Ctrl-C) skips it.",
+    )
+    root_path: str = Field(
+        "",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="Path prefix the gateway serves the service under, e.g. /cxr; empty: served at the root. Works whether "
+        "the gateway strips the prefix or passes it on; /docs, /openapi.json and the review page use it.",
     )
     cors_origins: str = Field(
         "", description="Comma-separated browser origins allowed by CORS (e.g. https://viewer.example.org); empty: CORS off."
@@ -97,16 +108,6 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one JSON object per line (for log collectors); text: for a terminal."
     )
-
-    @property
-    def model_file(self) -> Path:
-        """The file actually served: `model_path`, or its sibling of the chosen variant."""
-        return variant_path(self.model_path, self.model_variant)
-
-    @property
-    def variant_of(self) -> Path | None:
-        """The FP32 model a variant stands in for (None when serving FP32 itself)."""
-        return None if self.model_variant == "fp32" else self.model_path
 
 
 def variant_path(model_path: Path, variant: str) -> Path:

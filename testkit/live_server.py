@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,15 +77,20 @@ def running_service(model: Path, *, ready_timeout: float = 60.0, **env: str) -> 
 
 
 def wait_until_ready(server: LiveServer, timeout: float) -> None:
+    wait_until(lambda: httpx.get(f"{server.url}/ready", timeout=1).status_code == 200, server.process, server.log, timeout)
+
+
+def wait_until(answers: Callable[[], bool], process: subprocess.Popen[bytes], log: Callable[[], str], timeout: float) -> None:
+    """Poll `answers()` until it says yes; fail, with the process's log, if the process exits or time runs out."""
     deadline = time.monotonic() + timeout
     while True:
-        if server.process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{server.log()}")
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args[0]} exited early:\n{log()}")
         try:
-            if httpx.get(f"{server.url}/ready", timeout=1).status_code == 200:
+            if answers():
                 return
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise AssertionError(f"server not ready within {timeout} s:\n{server.log()}")
+            raise AssertionError(f"{process.args[0]} not answering within {timeout} s:\n{log()}")
         time.sleep(0.05)

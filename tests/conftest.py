@@ -20,6 +20,7 @@ from testkit.model_factory import build_model
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 NIH_DIR = SHARED_DATA / "nih-train"
+EXAMPLES = REPO_ROOT / "examples"  # a few real NIH scans in the repository (examples/README.md)
 
 
 def require_module(name: str) -> ModuleType:
@@ -55,9 +56,9 @@ def nih_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def nih_png(nih_dir: Path) -> Path:
-    """A real 1024x1024 8-bit grayscale NIH chest X-ray."""
-    return nih_dir / "effusion" / "00000282_000.png"
+def nih_png() -> Path:
+    """A real 1024x1024 8-bit grayscale NIH chest X-ray, from the repository's examples (no shared data needed)."""
+    return EXAMPLES / "effusion" / "00000282_000.png"
 
 
 @pytest.fixture(scope="session")

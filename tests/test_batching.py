@@ -17,6 +17,7 @@ from service.errors import ErrorCode, ServiceError
 from service.http.app import create_app
 from service.model import Model, load_model
 from service.preprocessing import preprocess
+from service.variant_choice import ServedModel
 from testkit.images import png_bytes
 from testkit.model_factory import expected_probability
 from tests.conftest import make_settings, wait_ready
@@ -108,7 +109,8 @@ class RecordingModel(Model):
 
 def test_every_batch_size_is_warmed_before_ready(mean_model: Path) -> None:
     model = RecordingModel(load_model(mean_model, policy="cpu"))
-    with TestClient(create_app(make_settings(mean_model, max_batch=6), model=model)) as client:
+    served = ServedModel(model, "fp32", "the test's recording model")
+    with TestClient(create_app(make_settings(mean_model, max_batch=6), served=served)) as client:
         wait_ready(client)
         warmed = set(model.sizes)
     assert warmed >= set(range(1, 7))

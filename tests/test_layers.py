@@ -29,6 +29,7 @@ CORE = [
     "service.preprocessing",
     "service.prepare",
     "service.model",
+    "service.variant_choice",
     "service.batching",
     "service.heatmap",
     "service.predictor",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from model_export.variants import build_variant
 from service.model import ModelError, contract_metadata, load_model
 from service.prepare import prepare
-from service.settings import Settings
+from service.settings import Settings, variant_path
+from service.variant_choice import load_served_model
 from testkit.model_factory import build_model
 
 
@@ -64,8 +66,10 @@ def test_int8_variant_keeps_the_contract_and_reports_both_aurocs(source: Path, s
 
     assert report.offered, report
     assert abs(report.auroc - report.fp32_auroc) <= 0.005
-    served = Settings(model_path=source, model_variant="int8").model_file
+    served = variant_path(source, "int8")
     assert served == source.with_name("conv.int8.onnx") and str(served) == report.path
+    chosen = load_served_model(Settings(model_path=source, execution_provider="cpu"))  # the default, auto
+    assert chosen.variant == "int8" and chosen.model.sha256 == hashlib.sha256(served.read_bytes()).hexdigest()
     variant = load_model(served, policy="cpu")  # contract and signature checked by the service's loader
     original = load_model(source, policy="cpu")
     assert variant.contract.model_name == original.contract.model_name

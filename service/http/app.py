@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
@@ -24,6 +25,7 @@ from service.http.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, documen
 from service.http.errors import add_error_handlers
 from service.http.metrics import Metrics
 from service.http.observability import RequestObserver
+from service.http.prefix import PathPrefix
 from service.http.readiness import Readiness
 from service.http.schemas import (
     ErrorResponse,
@@ -33,13 +35,14 @@ from service.http.schemas import (
     ModelResponse,
     PredictionResponse,
     ReadyResponse,
+    VariantInfo,
 )
 from service.http.ui import UI_PATHS, add_ui_routes
 from service.http.uploads import read_upload
-from service.model import Model, load_model
+from service.model import Model
 from service.predictor import Prediction, Predictor
-from service.resources import available_cpus
 from service.settings import Settings
+from service.variant_choice import ServedModel, load_served_model
 
 logger = logging.getLogger("service")
 
@@ -70,25 +73,26 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.readiness = Readiness()
-        self.model: Model | None = None
+        self.served: ServedModel | None = None
         self.predictor: Predictor | None = None
         self.metrics = Metrics()
         self.admission = Admission(settings.max_in_flight or settings.max_queue + 2 * settings.max_batch)
-        self.metrics.ready.set_function(lambda: float(self.readiness.ready))
+        self.metrics.is_ready = lambda: self.readiness.ready
 
     def drain(self) -> None:
         """SIGTERM arrived: /ready says 503 and new work is refused from now on."""
         self.readiness.set("draining", "the service is shutting down")
 
 
-def create_app(settings: Settings | None = None, *, model: Model | None = None) -> FastAPI:
-    """Build the app; pass an already loaded `model` to skip loading (python -m service does)."""
+def create_app(settings: Settings | None = None, *, served: ServedModel | None = None) -> FastAPI:
+    """Build the app; pass an already loaded model to skip loading (python -m service does)."""
     settings = settings or Settings()
     state = ServiceState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = model or await anyio.to_thread.run_sync(load_configured_model, settings)
+        state.served = served or await anyio.to_thread.run_sync(load_served_model, settings)
+        loaded = state.served.model
         batcher = MicroBatcher(
             loaded.predict,
             run_with_heatmap=loaded.predict_with_heatmap if loaded.has_heatmap else None,
@@ -97,7 +101,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             max_queue=settings.max_queue,
         )
         predictor = Predictor.from_settings(loaded, batcher, settings)
-        state.model, state.predictor = loaded, predictor
+        state.predictor = predictor
         state.metrics.watch(batcher, loaded)
         problem = loaded.provider_problem(settings.execution_provider)
         if problem is None:
@@ -117,11 +121,12 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             await batcher.stop()
             predictor.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # a FastAPI app whose /docs and /redoc load their assets from this service, never a CDN
         title="cxr-effusion",
         version=__version__,
         summary="Pleural effusion probability for a chest X-ray. Research and integration use, not for clinical use.",
         lifespan=lifespan,
+        root_path=settings.root_path,  # at the app, not uvicorn: uvicorn's would prefix paths a gateway already kept
     )
     app.state.service = state
     add_error_handlers(app)
@@ -147,9 +152,10 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     async def ready() -> JSONResponse:
         """200 only when the model is loaded, checked, on the requested provider and warmed up."""
         body = ReadyResponse(ready=state.readiness.ready, status=state.readiness.status, reason=state.readiness.reason)
-        if state.model is not None:
-            body.model = _model_info(state.model)
-            body.execution_provider = state.model.execution_provider
+        if state.served is not None:
+            body.model = _model_info(state.served.model)
+            body.execution_provider = state.served.model.execution_provider
+            body.variant = _variant_info(state.served)
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
     @app.get("/live", response_model=LiveResponse)
@@ -160,16 +166,17 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     @app.get("/model", response_model=ModelResponse, responses={503: {"model": ErrorResponse}})
     async def model_card() -> ModelResponse:
         """The served model's contract, metrics and provenance."""
-        if state.model is None:
+        if state.served is None:
             raise ServiceError(ErrorCode.NOT_READY, state.readiness.reason or "the model is not loaded")
-        contract = state.model.contract
+        contract = state.served.model.contract
         return ModelResponse(
-            model=_model_info(state.model),
-            execution_provider=state.model.execution_provider,
+            model=_model_info(state.served.model),
+            variant=_variant_info(state.served),
+            execution_provider=state.served.model.execution_provider,
             preprocessing_id=contract.preprocessing_id,
             threshold=contract.threshold,
             class_names=list(contract.class_names),
-            heatmap=state.model.has_heatmap,
+            heatmap=state.served.model.has_heatmap,
             metadata=contract.metadata,
         )
 
@@ -183,18 +190,8 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     return app
 
 
-def load_configured_model(settings: Settings) -> Model:
-    """Load and check the model `settings` name (blocking start-up work; `python -m service` calls it before binding)."""
-    return load_model(
-        settings.model_file,
-        policy=settings.execution_provider,
-        intra_op_threads=settings.intra_op_threads or available_cpus(),
-        variant_of=settings.variant_of,
-    )
-
-
 def _add_middleware(app: FastAPI, state: ServiceState) -> None:
-    """Outermost first: request id, metrics and log line; CORS; API keys; then the routes."""
+    """Outermost first: the gateway's path prefix; request id, metrics and log line; CORS; API keys; then the routes."""
     settings = state.settings
     keys = load_api_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file)
     if keys:
@@ -214,6 +211,8 @@ def _add_middleware(app: FastAPI, state: ServiceState) -> None:
         )
     known_paths = frozenset(getattr(route, "path", "") for route in app.routes)
     app.add_middleware(RequestObserver, metrics=state.metrics, known_paths=known_paths)
+    if settings.root_path:
+        app.add_middleware(PathPrefix, root_path=settings.root_path)
 
 
 async def _warm_up(state: ServiceState, predictor: Predictor) -> None:
@@ -227,10 +226,13 @@ async def _warm_up(state: ServiceState, predictor: Predictor) -> None:
         state.readiness.set("failed", f"warm-up failed: {type(error).__name__}")
         return
     state.readiness.set("ready")
+    served = state.served
     logger.info(
-        "ready: model %s %s on %s; PNG decoder: %s",
+        "ready: model %s %s, variant %s (%s), on %s; PNG decoder: %s",
         model.contract.model_name,
         model.contract.model_version,
+        served.variant if served else "?",
+        served.reason if served else "?",
         model.execution_provider,
         "fast path (service/decode/png.py)" if png.available() else "Pillow only (service.decode._pngfilter was not built)",
     )
@@ -244,6 +246,10 @@ def _ready_predictor(state: ServiceState) -> Predictor:
 
 def _model_info(model: Model) -> ModelInfo:
     return ModelInfo(name=model.contract.model_name, version=model.contract.model_version, sha256=model.sha256)
+
+
+def _variant_info(served: ServedModel) -> VariantInfo:
+    return VariantInfo(name=served.variant, reason=served.reason)
 
 
 def _prediction_response(prediction: Prediction, model: Model, request_id: str) -> PredictionResponse:

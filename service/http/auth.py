@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import ErrorCode
@@ -100,7 +101,7 @@ class ApiKeyMiddleware:
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or get_route_path(scope) in self.open_paths:
             await self.app(scope, receive, send)
             return
         if self.checker.accepts(presented_key(Headers(scope=scope))):

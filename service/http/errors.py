@@ -75,8 +75,10 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(request, error.status_code, code, str(error.detail), getattr(error, "headers", None))
 
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        # Starlette answers a 500 from its outermost middleware, outside the one that adds the header.
         logger.error("unhandled %s on %s", type(error).__name__, request.url.path)
-        return error_response(request, 500, ErrorCode.INTERNAL_ERROR, "an unexpected error occurred")
+        request_id = {"X-Request-ID": getattr(request.state, "request_id", "")}
+        return error_response(request, 500, ErrorCode.INTERNAL_ERROR, "an unexpected error occurred", request_id)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -2,9 +2,18 @@
 
 Names follow Prometheus conventions (`_seconds`, `_total`). Route labels are route templates,
 never raw paths, so a scanner probing random URLs cannot blow up the label cardinality.
+
+Under `python -m service --workers N` prometheus_client runs in multiprocess mode (the parent sets
+PROMETHEUS_MULTIPROC_DIR): every worker writes its values to that folder and /metrics, whichever
+worker answers, adds them up. That mode has no function gauges and no Info metric, so the
+readiness and queue gauges are sampled on every request and every scrape, and the model's identity
+is a gauge with labels (`cxr_model_info`, value 1).
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -12,8 +21,8 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
     generate_latest,
+    multiprocess,
 )
 
 from service.batching import MicroBatcher
@@ -30,6 +39,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.is_ready: Callable[[], bool] = lambda: False
+        self.queued: Callable[[], int] = lambda: 0
         self.request_duration = Histogram(
             "cxr_http_request_duration_seconds",
             "HTTP request latency by method, route template and status code.",
@@ -41,6 +53,7 @@ class Metrics:
             "cxr_http_requests_in_flight",
             "Requests being served now, probes and /metrics excluded (scale replicas on this).",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "cxr_rejected_requests_total",
@@ -58,24 +71,33 @@ class Metrics:
             "cxr_batch_size", "Requests served by one inference call.", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.queue_depth = Gauge(
-            "cxr_queue_depth", "Requests waiting for inference.", registry=self.registry
+            "cxr_queue_depth", "Requests waiting for inference.", registry=self.registry, multiprocess_mode="livesum"
         )
-        self.ready = Gauge("cxr_ready", "1 when /ready says 200, else 0.", registry=self.registry)
-        self.model = Info("cxr_model", "The served model and where it runs.", registry=self.registry)
+        self.ready = Gauge(
+            "cxr_ready", "1 when /ready says 200, else 0 (with several workers: how many are ready).",
+            registry=self.registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.model = Gauge(
+            "cxr_model_info",
+            "The served model and where it runs (value 1).",
+            ["name", "version", "sha256", "preprocessing_id", "execution_provider"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
 
     def watch(self, batcher: MicroBatcher, model: Model) -> None:
         """Follow a started service: batch sizes and durations, its queue, and its model's identity."""
         batcher.on_batch = self.observe_batch
-        self.queue_depth.set_function(lambda: batcher.queue_depth)
-        self.model.info(
-            {
-                "name": model.contract.model_name,
-                "version": model.contract.model_version,
-                "sha256": model.sha256,
-                "preprocessing_id": model.contract.preprocessing_id,
-                "execution_provider": model.execution_provider,
-            }
-        )
+        self.queued = lambda: batcher.queue_depth
+        contract = model.contract
+        self.model.labels(
+            contract.model_name, contract.model_version, model.sha256, contract.preprocessing_id, model.execution_provider
+        ).set(1)
+
+    def sample(self) -> None:
+        """Read the readiness and queue gauges now (multiprocess mode has no gauges that read themselves)."""
+        self.ready.set(float(self.is_ready()))
+        self.queue_depth.set(self.queued())
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -83,8 +105,15 @@ class Metrics:
 
     def observe_request(self, method: str, route: str, status: int, seconds: float, error_code: str | None) -> None:
         self.request_duration.labels(method, route, str(status)).observe(seconds)
+        self.sample()
         if error_code is not None:
             self.rejected.labels(error_code).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text: this app's registry, or every worker's values added up."""
+        self.sample()
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)

@@ -14,6 +14,7 @@ import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.metrics import Metrics
@@ -43,7 +44,7 @@ class RequestObserver:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         token = request_id_var.set(request_id)
-        path = scope["path"]
+        path = get_route_path(scope)  # without the gateway's prefix (CXR_ROOT_PATH), when it passes it on
         counted = path not in QUIET_PATHS
         status = 500  # what the client sees if the app raises before answering
         started = time.perf_counter()
@@ -92,4 +93,5 @@ class RequestObserver:
         route = scope.get("route")
         if route is not None and hasattr(route, "path"):
             return str(route.path)
-        return scope["path"] if scope["path"] in self.known_paths else "unmatched"
+        path = get_route_path(scope)
+        return path if path in self.known_paths else "unmatched"

@@ -51,11 +51,17 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class VariantInfo(BaseModel):
+    name: str = Field(description="fp32, int8 or fp16: which file of the model runs (CXR_MODEL_VARIANT).")
+    reason: str = Field(description="Why this variant runs, e.g. the INT8 variant's recorded AUROC guard.")
+
+
 class ReadyResponse(BaseModel):
     ready: bool
     status: str = Field(description="loading, warming, ready, failed or draining.")
     reason: str | None = None
     model: ModelInfo | None = None
+    variant: VariantInfo | None = None
     execution_provider: str | None = None
 
 
@@ -65,6 +71,7 @@ class LiveResponse(BaseModel):
 
 class ModelResponse(BaseModel):
     model: ModelInfo
+    variant: VariantInfo
     execution_provider: str
     preprocessing_id: str
     threshold: float

@@ -19,6 +19,7 @@ from service.http.app import create_app
 from service.model import load_model
 from service.predictor import score_bytes
 from service.settings import DEFAULT_MODEL_PATH
+from service.variant_choice import load_served_model
 from tests.conftest import REPO_ROOT, SHARED_DATA, make_settings, require_module, wait_ready
 
 MODEL = REPO_ROOT / DEFAULT_MODEL_PATH
@@ -83,12 +84,18 @@ def test_the_model_file_reproduces_its_recorded_scores_on_real_scans(nih_dir: Pa
 
 def test_the_default_model_answers_over_http(nih_dir: Path) -> None:
     path, _, probability = recorded_scores(nih_dir)[0]
-    with TestClient(create_app(make_settings(MODEL))) as client:
+    with TestClient(create_app(make_settings(MODEL, model_variant="fp32"))) as client:  # scores.csv holds FP32's numbers
         wait_ready(client, timeout=120)
         response = client.post("/predict", files={"file": (path.name, path.read_bytes(), "image/png")})
     assert response.status_code == 200, response.text
     body = response.json()
+    assert body["effusion_probability"] == pytest.approx(probability, abs=1e-4)
     assert body["model"]["name"] == "cxr-effusion-resnet18" and body["model"]["version"] == "2.0.0"
+
+
+def test_by_default_the_cpu_serves_the_shipped_int8_variant() -> None:
+    served = load_served_model(make_settings(MODEL))  # CXR_MODEL_VARIANT=auto, execution provider cpu
+    assert served.variant == "int8" and served.reason.startswith("auto on CPU: INT8 AUROC")
 
 
 @pytest.mark.parametrize("variant", ["int8", "fp16"])

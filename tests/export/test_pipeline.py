@@ -51,7 +51,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
          "--learning-rate", "0.002", "--val-fraction", "0.25", "--test-fraction", "0.25", "--seed", "0"]
     )  # fmt: skip
     main(["evaluate", str(run), "--bootstrap", "500"])
-    main(["export", str(run), "--output", str(model), "--model-version", "0.0.1-synthetic"])
+    main(["export", str(run), "--output", str(model)])  # unnamed: named after its run, never as the shipped model
     report = json.loads((run / "evaluation" / "report.json").read_text())
     with open(run / "evaluation" / "predictions.csv", newline="") as handle:
         predictions = list(csv.DictReader(handle))
@@ -73,7 +73,7 @@ def test_the_exported_model_carries_the_contract_and_the_evaluation(pipeline: Pi
     model = load_model(pipeline.model, policy="cpu")
     contract = model.contract
     assert contract.threshold == pipeline.report["threshold"]["value"]
-    assert (contract.model_name, contract.model_version) == ("cxr-effusion-resnet18", "0.0.1-synthetic")
+    assert (contract.model_name, contract.model_version) == ("cxr-effusion-run", "0.0.0-dev")
     metadata = contract.metadata
     assert metadata["validation_metrics"]["test_auroc"] == pipeline.report["cnn"]["test"]["auroc"]
     assert metadata["training_data"]["split"]["test"] == {"images": 10, "patients": 10, "effusion": 5, "nofinding": 5}

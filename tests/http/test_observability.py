@@ -96,6 +96,20 @@ def logged_server(mean_model: Path):
         yield server
 
 
+def test_a_500_answer_carries_the_request_id_too(mean_model: Path) -> None:
+    app = create_app(make_settings(mean_model))
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/broken", broken)  # a route with a bug, on the real app and its middleware
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/broken", headers={"X-Request-ID": "trace-500"})
+    assert response.status_code == 500
+    assert response.json()["error"] == {"code": "internal_error", "message": "an unexpected error occurred", "request_id": "trace-500"}
+    assert response.headers["x-request-id"] == "trace-500"
+
+
 def test_logs_are_json_lines_with_request_ids_and_no_patient_data(logged_server) -> None:
     import httpx
 

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from testkit.live_server import running_service
 
@@ -141,3 +142,24 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
     assert any(detail == "not_ready" for _, detail, *_ in outcomes)
     assert status in EXIT_STATUSES
     assert exited_after < delay + 10.0
+
+
+def test_two_workers_each_finish_what_they_accepted_after_sigterm(slow_model: Path, nih_png: Path) -> None:
+    """The parent passes SIGTERM on; the worker holding a half-received upload finishes it after its listener closed."""
+    scan, release = nih_png.read_bytes(), threading.Event()
+    with running_service(slow_model, ready_timeout=240, CXR_WORKERS="2", CXR_DRAIN_DELAY_S="0.5") as server, ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(
+            httpx.post, f"{server.url}/predict", content=held_back(scan, release), headers={"Content-Type": "image/png"}, timeout=60
+        )
+        deadline = time.monotonic() + 30
+        while in_flight(server.url) < 1:  # accepted by one of the workers (the gauge adds both up)
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        server.terminate()
+        time.sleep(1.5)  # both workers have closed their listeners by now
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/live", timeout=5)
+        release.set()
+        assert slow.result(timeout=60).status_code == 200
+        status, _ = wait_exit(server, timeout=30)
+    assert status in EXIT_STATUSES

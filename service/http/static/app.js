@@ -49,7 +49,8 @@ async function score(file) {
   if (key) {
     headers["Authorization"] = "Bearer " + key;
   }
-  const url = "/predict" + ($("heatmap").checked ? "?heatmap=true" : "");
+  // Relative to the page: behind a gateway prefix the page is /cxr/ui and this is /cxr/predict.
+  const url = "predict" + ($("heatmap").checked ? "?heatmap=true" : "");
   try {
     const response = await fetch(url, { method: "POST", body: form, headers });
     const body = await response.json();
