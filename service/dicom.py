@@ -5,9 +5,10 @@ high bits and sign-extends per BitsStored/PixelRepresentation) -> Modality LUT (
 slope/intercept or LUT) -> VOI LUT or window -> MONOCHROME1 inverted. Only single-frame
 grayscale projection radiographs are accepted.
 
-Compressed pixel data is decoded by pydicom's plugins: RLE natively, JPEG baseline and
-JPEG 2000 by Pillow, JPEG lossless, JPEG-LS and 12-bit JPEG by GDCM (python-gdcm, BSD);
-docs/security.md says why these and not the GPL-licensed libjpeg plugin.
+Compressed pixel data is decoded by pydicom's plugins: RLE natively, JPEG 2000 by Pillow,
+JPEG lossless, JPEG-LS and 12-bit JPEG by GDCM (python-gdcm, BSD); JPEG baseline by
+libjpeg-turbo in strict mode (service/jpeg.py), which refuses corrupt data. docs/security.md
+says why these and not the GPL-licensed libjpeg plugin.
 
 Nothing here reads or returns patient identifiers: the SOP Instance UID is the only
 identifier a response may echo, and only when it is a well-formed UID.
@@ -21,12 +22,14 @@ import re
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from service.errors import ServiceError
 from service.imaging import DecodedImage, check_declared_size, has_dicom_preamble
+from service.jpeg import decode_pixels
 
 # Element values are validated lazily and reported as warnings that quote the offending
 # value, which may be a patient name: never let them reach stderr or the logs.
@@ -50,8 +53,10 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
 
     photometric = check_header(dataset, max_pixels=max_pixels)
     try:
-        stored = dataset.pixel_array
+        stored = stored_values(dataset)
         values = apply_voi_lut(apply_modality_lut(stored, dataset), dataset)
+    except ServiceError:
+        raise
     except Exception as error:  # missing codec, truncated or oversized frame, bad LUT or window
         raise ServiceError("undecodable_image", "the DICOM pixel data could not be decoded") from error
     if values.shape != (int(dataset.Rows), int(dataset.Columns)):
@@ -69,6 +74,15 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
     except Exception:  # a UID element with a hostile VR: echo nothing rather than fail the scan
         uid = None
     return DecodedImage(pixels=values, format="dicom", mode=photometric, converted=False, sop_instance_uid=uid)
+
+
+def stored_values(dataset: Dataset) -> np.ndarray:
+    """The frame's stored values. JPEG Baseline goes through the strict decoder: GDCM and Pillow
+    decode a truncated JPEG frame as grey and report success."""
+    if dataset.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:
+        frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+        return decode_pixels(frame, "GRAY")[:, :, 0]
+    return dataset.pixel_array
 
 
 def check_transfer_syntax(data: bytes, has_preamble: bool) -> None:

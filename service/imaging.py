@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from service.errors import ServiceError
+from service.jpeg import load_strict
 from service.png import SIGNATURE as PNG_SIGNATURE
 from service.png import decode_png
 
@@ -97,7 +98,8 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
 def decode_raster(data: bytes, kind: str, *, max_pixels: int) -> DecodedImage:
     """PNG or JPEG through Pillow: header checks first, so a bomb is refused before decoding.
 
-    A plain grayscale PNG takes service/png.py's faster path, which gives Pillow's pixels.
+    A plain grayscale PNG takes service/png.py's faster path, which gives Pillow's pixels;
+    JPEG pixels come from service/jpeg.py's strict decoder.
     """
     if kind == "png" and (fast := decode_png(data, max_pixels=max_pixels)) is not None:
         pixels, mode = fast
@@ -112,6 +114,8 @@ def decode_raster(data: bytes, kind: str, *, max_pixels: int) -> DecodedImage:
     check_declared_size(*image.size, getattr(image, "n_frames", 1), max_pixels=max_pixels)
 
     try:
+        if kind == "jpeg":
+            image = load_strict(data, image)  # Pillow's own JPEG decoder ignores corrupt data
         image.load()
         image = ImageOps.exif_transpose(image)  # a JPEG's orientation tag is how viewers show it
         mode = image.mode
