@@ -54,6 +54,7 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
     photometric = check_header(dataset, max_pixels=max_pixels)
     try:
         stored = stored_values(dataset)
+        padding = padding_mask(stored, dataset)
         values = apply_voi_lut(apply_modality_lut(stored, dataset), dataset)
     except ServiceError:
         raise
@@ -61,13 +62,20 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
         raise ServiceError("undecodable_image", "the DICOM pixel data could not be decoded") from error
     if values.shape != (int(dataset.Rows), int(dataset.Columns)):
         raise ServiceError("unsupported_image", f"expected one 2-D frame, got shape {values.shape}")
+    if padding is not None and padding.all():
+        raise ServiceError("blank_image", "every pixel is padding")
+    real = values if padding is None else values[~padding]
+    low, high = real.min(), real.max()
 
     if photometric == "MONOCHROME1":
         # Minimum is white: reflect about the image's range so bone is bright, as in the PNG
         # exports. Reflecting about the full output range instead would only shift values by a
         # constant, which the per-image min-max normalisation removes.
-        values = np.asarray(values, dtype=np.float64)
-        values = values.max() + values.min() - values
+        values = high + low - np.asarray(values, dtype=np.float64)
+    if padding is not None:
+        # Padding is not anatomy: left in, it stretches the min-max normalisation. It becomes
+        # the image's real minimum, which is what the square padding of preprocessing adds too.
+        values = np.where(padding, low, values)
 
     try:
         uid = safe_uid(dataset.get("SOPInstanceUID"))
@@ -83,6 +91,15 @@ def stored_values(dataset: Dataset) -> np.ndarray:
         frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
         return decode_pixels(frame, "GRAY")[:, :, 0]
     return dataset.pixel_array
+
+
+def padding_mask(stored: np.ndarray, dataset: Dataset) -> np.ndarray | None:
+    """Where the stored values are Pixel Padding Value, or within Pixel Padding Range Limit (PS3.3 C.7.5.1.1.2)."""
+    value = dataset.get("PixelPaddingValue")
+    if value is None:
+        return None
+    limit = dataset.get("PixelPaddingRangeLimit", value)
+    return (stored >= min(value, limit)) & (stored <= max(value, limit))
 
 
 def check_transfer_syntax(data: bytes, has_preamble: bool) -> None:
