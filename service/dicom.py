@@ -6,8 +6,8 @@ slope/intercept or LUT) -> VOI LUT or window -> MONOCHROME1 inverted. Only singl
 grayscale projection radiographs are accepted.
 
 Compressed pixel data is decoded by pydicom's plugins: RLE natively, JPEG 2000 by Pillow,
-JPEG lossless, JPEG-LS and 12-bit JPEG by GDCM (python-gdcm, BSD); JPEG baseline by
-libjpeg-turbo in strict mode (service/jpeg.py), which refuses corrupt data. docs/security.md
+JPEG lossless and JPEG-LS by GDCM (python-gdcm, BSD); 8-bit JPEG baseline and extended by
+libjpeg-turbo in strict mode (service/jpeg.py), which refuses corrupt data; 12-bit JPEG is refused. docs/security.md
 says why these and not the GPL-licensed libjpeg plugin.
 
 Nothing here reads or returns patient identifiers: the SOP Instance UID is the only
@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit
 
 from service.errors import ServiceError
 from service.imaging import DecodedImage, check_declared_size, has_dicom_preamble
@@ -85,9 +85,13 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
 
 
 def stored_values(dataset: Dataset) -> np.ndarray:
-    """The frame's stored values. JPEG Baseline goes through the strict decoder: GDCM and Pillow
-    decode a truncated JPEG frame as grey and report success."""
-    if dataset.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:
+    """The frame's stored values. 8-bit JPEG goes through the strict decoder: GDCM and Pillow
+    decode a truncated JPEG frame as grey and report success. 12-bit JPEG Extended is refused:
+    GDCM's own API decodes it, but only reports corrupt data as text on stderr, and it turned
+    black pixels white in our tests (docs/security.md)."""
+    if dataset.file_meta.TransferSyntaxUID in (JPEGBaseline8Bit, JPEGExtended12Bit):
+        if int(dataset.BitsStored) > 8:
+            raise ServiceError("unsupported_image", "12-bit JPEG Extended DICOM is not accepted; send it lossless or uncompressed")
         frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
         return decode_pixels(frame, "GRAY")[:, :, 0]
     return dataset.pixel_array
