@@ -7,8 +7,6 @@ stops start-up with one line naming the problem (exit status 2) instead of a tra
 from __future__ import annotations
 
 import argparse
-import logging
-import logging.config
 import sys
 from pathlib import Path
 
@@ -16,8 +14,9 @@ import uvicorn
 
 from service.app import create_app, load_configured_model
 from service.auth import AuthConfigError
-from service.logs import log_config
+from service.logs import configure_logging
 from service.model import ModelError
+from service.native_stderr import capture_native_stderr
 from service.settings import Settings
 from service.shutdown import DrainingServer
 
@@ -44,9 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         "execution_provider": args.execution_provider,
     }
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-    logging_config = log_config(settings.log_level, settings.log_format)
-    logging.config.dictConfig(logging_config)
-    logging.captureWarnings(True)  # library warnings become log lines in the same format
+    logging_config = configure_logging(settings.log_level, settings.log_format)
 
     try:
         model = load_configured_model(settings)
@@ -58,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     except AuthConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    capture_native_stderr(app.state.service.metrics.native_stderr_lines.inc)
 
     config = uvicorn.Config(
         app,
@@ -68,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,  # service.requests logs each request once, with its id and error code
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # uvicorn accepts a float
         server_header=False,
+        ws="none",  # no WebSocket routes; uvicorn's WebSocket log lines would quote the query string
     )
     DrainingServer(config, on_drain=app.state.service.drain, drain_delay_s=settings.drain_delay_s).run()
 

@@ -30,6 +30,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGEx
 from service.errors import ServiceError
 from service.imaging import DecodedImage, check_declared_size, has_dicom_preamble
 from service.jpeg import decode_pixels
+from service.native_stderr import capturing_stderr
 
 # Element values are validated lazily and reported as warnings that quote the offending
 # value, which may be a patient name: never let them reach stderr or the logs.
@@ -40,6 +41,11 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 XRAY_MODALITIES = {"CR", "DX", "DR", "RG", "OT"}
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MAX_UID_LENGTH = 64
+# libjpeg's warnings about missing or corrupt data, which GDCM prints to stderr and then
+# reports success with the rest of the frame grey (JWRN_* in libjpeg's jerror.h).
+CORRUPT_DATA_WARNING = re.compile(
+    rb"Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression sequence"
+)
 
 
 def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
@@ -88,13 +94,17 @@ def stored_values(dataset: Dataset) -> np.ndarray:
     """The frame's stored values. 8-bit JPEG goes through the strict decoder: GDCM and Pillow
     decode a truncated JPEG frame as grey and report success. 12-bit JPEG Extended is refused:
     GDCM's own API decodes it, but only reports corrupt data as text on stderr, and it turned
-    black pixels white in our tests (docs/security.md)."""
+    black pixels white in our tests (docs/security.md). GDCM's other JPEG decoders (lossless)
+    print libjpeg's warnings to stderr the same way: they are captured and refused."""
     if dataset.file_meta.TransferSyntaxUID in (JPEGBaseline8Bit, JPEGExtended12Bit):
         if int(dataset.BitsStored) > 8:
             raise ServiceError("unsupported_image", "12-bit JPEG Extended DICOM is not accepted; send it lossless or uncompressed")
         frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
         return decode_pixels(frame, "GRAY")[:, :, 0]
-    return dataset.pixel_array
+    stored, complaints = capturing_stderr(lambda: dataset.pixel_array)
+    if CORRUPT_DATA_WARNING.search(complaints):
+        raise ServiceError("undecodable_image", "the DICOM's compressed frame is truncated or corrupt")
+    return stored
 
 
 def padding_mask(stored: np.ndarray, dataset: Dataset) -> np.ndarray | None:

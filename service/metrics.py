@@ -60,6 +60,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "cxr_queue_depth", "Requests waiting for inference.", registry=self.registry
         )
+        self.native_stderr_lines = Counter(
+            "cxr_native_stderr_lines",
+            "Lines a C library (GDCM, a codec) wrote to stderr, relayed into the JSON log as warnings.",
+            registry=self.registry,
+        )
         self.ready = Gauge("cxr_ready", "1 when /ready says 200, else 0.", registry=self.registry)
         self.model = Info("cxr_model", "The served model and where it runs.", registry=self.registry)
 
