@@ -14,6 +14,7 @@ import uvicorn
 
 from service.app import create_app, load_configured_model
 from service.auth import AuthConfigError
+from service.limits import HttpLimits, protocol_class
 from service.logs import configure_logging
 from service.model import ModelError
 from service.native_stderr import capture_native_stderr
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # uvicorn accepts a float
         server_header=False,
         ws="none",  # no WebSocket routes; uvicorn's WebSocket log lines would quote the query string
+        http=protocol_class(
+            HttpLimits(settings.max_head_bytes, settings.max_headers, settings.head_timeout_s, settings.min_body_rate)
+        ),
     )
     DrainingServer(config, on_drain=app.state.service.drain, drain_delay_s=settings.drain_delay_s).run()
 

@@ -11,12 +11,16 @@ from functools import partial
 # Every code a client can receive; the framework's other HTTP errors answer `http_error` with their own status.
 STATUS_BY_CODE: dict[str, int] = {
     "client_disconnected": 400,  # never seen by the client; keeps aborted uploads out of 5xx alerts
+    "bad_request": 400,  # not valid HTTP/1.1 (service/limits.py)
+    "missing_host": 400,  # HTTP/1.1 without exactly one Host header
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,  # the request head did not arrive in time
     "payload_too_large": 413,
     "too_many_pixels": 413,
     "unsupported_media_type": 415,
+    "headers_too_large": 431,
     "missing_file": 422,
     "empty_file": 422,
     "undecodable_image": 422,

@@ -54,17 +54,18 @@ def relay(read_end: int, on_line: Callable[[], None]) -> None:
 
 def capturing_stderr(function: Callable[[], Result]) -> tuple[Result, bytes]:
     """Call `function` with fd 2 captured; returns its result and what it wrote to fd 2."""
-    with swapping, open(os.memfd_create("stderr"), "w+b") as capture:
+    with swapping:
+        capture = os.memfd_create("stderr")  # in memory: nothing is written to disk
         sys.stderr.flush()
         saved = os.dup(2)
-        os.dup2(capture.fileno(), 2)
+        os.dup2(capture, 2)
         try:
             result = function()
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            capture.seek(0)
-            written = capture.read()
+            written = os.pread(capture, os.fstat(capture).st_size, 0)
+            os.close(capture)
             if written:
                 os.write(2, written)
     return result, written

@@ -59,6 +59,16 @@ class Settings(BaseSettings):
 
     # Input limits
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond).")
+    max_head_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request head (request line and headers) accepted (431 beyond)."
+    )
+    max_headers: int = Field(100, ge=8, description="Most header fields in one request (431 beyond).")
+    head_timeout_s: float = Field(
+        10.0, gt=0, description="Time a request head may take to arrive (408 and close); also the body's allowance."
+    )
+    min_body_rate: int = Field(
+        16 * 1024, ge=1, description="Bytes per second a request body must average after its allowance, else the connection closes."
+    )
     max_pixels: int = Field(
         25_000_000, ge=65_536, description="Largest declared image (width x height) decoded (413 beyond)."
     )
