@@ -21,6 +21,7 @@ from service.admission import Admission
 from service.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, document_security, load_api_keys
 from service.batching import MicroBatcher
 from service.errors import ServiceError, error_body
+from service.memory import admission_limit
 from service.metrics import Metrics
 from service.model import Model, load_model
 from service.observability import RequestObserver
@@ -75,7 +76,7 @@ class ServiceState:
         self.model: Model | None = None
         self.predictor: Predictor | None = None
         self.metrics = Metrics()
-        self.admission = Admission(settings.max_in_flight or settings.max_queue + 2 * settings.max_batch)
+        self.admission = Admission(admission_limit(settings))
         self.metrics.ready.set_function(lambda: float(self.readiness.ready))
 
     def drain(self) -> None:

@@ -45,7 +45,13 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="/predict requests in progress at once (receiving, decoding, queued, inferring) before new ones "
-        "get 503 overloaded without their body being read; bounds memory. Default: max_queue + 2 x max_batch.",
+        "get 503 overloaded without their body being read; bounds memory. Default: max_queue + 2 x max_batch, "
+        "lowered to fit the memory limit (service/memory.py).",
+    )
+    memory_limit_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory the process may use, for sizing admission (default: the cgroup limit; none: the fixed bound).",
     )
     decode_threads: int | None = Field(
         None, ge=1, description="Threads that decode and preprocess uploads; default: the CPUs this process may use."
