@@ -7,9 +7,12 @@ fixed bound (max_queue + 2 x max_batch = 80 uploads of 32 MiB, about 2.5 GiB) wa
 2 GiB the pod is given, and an OOM kill loses every request in flight. So, where the
 container has a memory limit (cgroup, or `CXR_MEMORY_LIMIT_BYTES`):
 
-    uploads = (HEADROOM x limit - RESERVE - decoders x max_pixels x 16) // (2 x max_upload_bytes)
+    budget = HEADROOM x limit - RESERVE
+    uploads = (budget - decoders x max_pixels x 16) // (2 x max_upload_bytes)
 
-clamped to [1, max_queue + 2 x max_batch]. `CXR_MAX_IN_FLIGHT` overrides it. The arithmetic
+clamped to [1, max_queue + 2 x max_batch]. Only `decoders` uploads decode at once; where the
+budget cannot hold that many, each upload in progress is counted as decoding:
+budget // (2 x max_upload_bytes + max_pixels x 16). `CXR_MAX_IN_FLIGHT` overrides it. The arithmetic
 for the shipped deployment is in docs/security.md and deploy/k8s/base/deployment.yaml.
 """
 
@@ -32,5 +35,9 @@ def admission_limit(settings: Settings) -> int:
     if limit is None:
         return fixed
     decoders = settings.decode_processes or settings.decode_threads or available_cpus()
-    budget = HEADROOM * limit - RESERVE_BYTES - decoders * settings.max_pixels * DECODE_BYTES_PER_PIXEL
-    return max(1, min(fixed, int(budget // (2 * settings.max_upload_bytes))))
+    budget = HEADROOM * limit - RESERVE_BYTES
+    per_upload, per_decode = 2 * settings.max_upload_bytes, settings.max_pixels * DECODE_BYTES_PER_PIXEL
+    uploads = int(budget // (per_upload + per_decode))  # as if every upload in progress were decoding
+    if uploads >= decoders:  # only `decoders` of them decode at once
+        uploads = int((budget - decoders * per_decode) // per_upload)
+    return max(1, min(fixed, uploads))

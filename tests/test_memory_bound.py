@@ -42,6 +42,9 @@ def test_the_shipped_pod_admits_what_its_memory_affords() -> None:
     assert admission_limit(pod) == 7
     assert admission_limit(Settings(memory_limit_bytes=2 * GiB, decode_threads=2, max_in_flight=30)) == 30  # the override wins
     assert admission_limit(Settings(memory_limit_bytes=64 * GiB, decode_threads=2)) == 64 + 2 * 8  # never above the fixed bound
+    # 16 decoders cannot all hold a 25 Mpx DICOM in 4 GiB: each upload in progress counts as decoding.
+    assert admission_limit(Settings(memory_limit_bytes=4 * GiB, decode_threads=16)) == 6  # (3481.6 - 512) // (64 + 381.5)
+    assert admission_limit(Settings(memory_limit_bytes=GiB, decode_threads=2)) == 1  # never zero
 
 
 SIMULATED_LIMIT = GiB
