@@ -5,10 +5,10 @@ high bits and sign-extends per BitsStored/PixelRepresentation) -> Modality LUT (
 slope/intercept or LUT) -> VOI LUT or window -> MONOCHROME1 inverted. Only single-frame
 grayscale projection radiographs are accepted.
 
-Compressed pixel data is decoded by pydicom's plugins: RLE natively, JPEG 2000 by Pillow,
-JPEG lossless and JPEG-LS by GDCM (python-gdcm, BSD); 8-bit JPEG baseline and extended by
-libjpeg-turbo in strict mode (service/jpeg.py), which refuses corrupt data; 12-bit JPEG is refused. docs/security.md
-says why these and not the GPL-licensed libjpeg plugin.
+Compressed pixel data is decoded by pydicom's plugins: RLE natively; JPEG lossless, JPEG-LS
+and JPEG 2000 by GDCM (python-gdcm, BSD; Pillow too for JPEG 2000). 8-bit JPEG baseline and
+extended go to libjpeg-turbo in strict mode (service/jpeg.py), which refuses corrupt data;
+12-bit JPEG is refused. docs/security.md says why these and not the GPL-licensed libjpeg plugin.
 
 Nothing here reads or returns patient identifiers: the SOP Instance UID is the only
 identifier a response may echo, and only when it is a well-formed UID.
@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, RLELossless
 
 from service.errors import ServiceError
 from service.imaging import DecodedImage, check_declared_size, has_dicom_preamble
@@ -96,12 +96,15 @@ def stored_values(dataset: Dataset) -> np.ndarray:
     GDCM's own API decodes it, but only reports corrupt data as text on stderr, and it turned
     black pixels white in our tests (docs/security.md). GDCM's other JPEG decoders (lossless)
     print libjpeg's warnings to stderr the same way: they are captured and refused."""
-    if dataset.file_meta.TransferSyntaxUID in (JPEGBaseline8Bit, JPEGExtended12Bit):
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):
         if int(dataset.BitsStored) > 8:
             raise ServiceError("unsupported_image", "12-bit JPEG Extended DICOM is not accepted; send it lossless or uncompressed")
         frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
         return decode_pixels(frame, "GRAY")[:, :, 0]
-    stored, complaints = capturing_stderr(lambda: dataset.pixel_array)
+    if not syntax.is_compressed or syntax == RLELossless:  # pydicom's own decoders: nothing on stderr
+        return dataset.pixel_array
+    stored, complaints = capturing_stderr(lambda: dataset.pixel_array)  # serialised: only GDCM's syntaxes
     if CORRUPT_DATA_WARNING.search(complaints):
         raise ServiceError("undecodable_image", "the DICOM's compressed frame is truncated or corrupt")
     return stored

@@ -23,6 +23,8 @@ def server(request: pytest.FixtureRequest, mean_model: Path) -> Iterator[LiveSer
     env = {"CXR_DECODE_PROCESSES": "1"} if request.param == "processes" else {}
     with running_service(mean_model, **env) as live:
         yield live
+        live.terminate()  # a graceful stop shuts the decode worker process down; a kill would orphan it
+        live.process.wait(timeout=30)
 
 
 def scan12() -> np.ndarray:
