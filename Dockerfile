@@ -12,7 +12,7 @@
 # `--target cpu`. docs/deployment.md has the rest.
 
 # Two images, one Python. BUILD_IMAGE fills /opt/venv: the project is built from source there,
-# with its C extension service._pngfilter (the fast PNG path), so it needs a C compiler and the
+# with its C extension service.decode._pngfilter (the fast PNG path), so it needs a C compiler and the
 # Python headers; the build fails if the extension was not built. BASE_IMAGE runs the service
 # and has neither. The venv is copied from one to the other and keeps pointing at the builder's
 # interpreter, so both images must have the same Python (3.11+, with its venv module) at the
@@ -44,10 +44,11 @@ COPY ${WHEELHOUSE:-pyproject.toml} /wheelhouse/
 RUN python3 -m venv /opt/venv
 
 # Dependencies first (cached until pyproject.toml or the wheelhouse changes), then the code,
-# compiled (install-venv.sh fails unless service._pngfilter imports).
+# compiled (install-venv.sh fails unless service.decode._pngfilter imports).
 FROM source AS cpu-venv
 RUN deploy/docker/install-venv.sh dependencies cpu
 COPY service/ service/
+COPY cxr_client/ cxr_client/
 RUN deploy/docker/install-venv.sh project
 
 # What both runtime targets share: BASE_IMAGE, no compilers or headers, no pip, no caches; a
@@ -102,12 +103,13 @@ FROM runtime AS cpu
 COPY --from=cpu-venv /opt/venv /opt/venv
 # The venv's python is a link to BUILD_IMAGE's interpreter: fail here, not at start-up, when
 # BASE_IMAGE has no such Python (another path or version: see BUILD_IMAGE above).
-RUN ["/opt/venv/bin/python3", "-I", "-c", "import service._pngfilter"]
+RUN ["/opt/venv/bin/python3", "-I", "-c", "import service.decode._pngfilter"]
 LABEL io.cxr-effusion.variant="cpu"
 
 FROM source AS gpu-venv
 RUN deploy/docker/install-venv.sh dependencies gpu
 COPY service/ service/
+COPY cxr_client/ cxr_client/
 RUN deploy/docker/install-venv.sh project
 
 # CUDA and cuDNN come from the nvidia-* wheels (onnxruntime.preload_dlls() loads them); the host's
@@ -117,7 +119,7 @@ FROM runtime AS gpu
 COPY --from=gpu-venv /opt/venv /opt/venv
 # The venv's python is a link to BUILD_IMAGE's interpreter: fail here, not at start-up, when
 # BASE_IMAGE has no such Python (another path or version: see BUILD_IMAGE above).
-RUN ["/opt/venv/bin/python3", "-I", "-c", "import service._pngfilter"]
+RUN ["/opt/venv/bin/python3", "-I", "-c", "import service.decode._pngfilter"]
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     CXR_EXECUTION_PROVIDER=cuda
 LABEL io.cxr-effusion.variant="gpu"

@@ -2,7 +2,7 @@
 
     python -m benchmarks.decoders
 
-The service decodes plain grayscale PNGs with its own fast path (service/png.py: ISA-L inflate and
+The service decodes plain grayscale PNGs with its own fast path (service/decode/png.py: ISA-L inflate and
 a C unfilter kernel) and everything else with Pillow. OpenCV, pyspng and imagecodecs are measured
 only when installed
 (`pip install opencv-python-headless pyspng imagecodecs`): they are candidates that were not
@@ -26,10 +26,10 @@ import numpy as np
 from isal import isal_zlib
 from PIL import Image
 
+from benchmarks.common import DEFAULT_DATA, MAX_PIXELS, nih_scans
 from benchmarks.naive_recipe import naive_tensor
-from benchmarks.run import DEFAULT_DATA, MAX_PIXELS, nih_scans
-from service._pngfilter import unfilter
-from service.png import decode_png
+from service.decode._pngfilter import unfilter
+from service.decode.png import decode_fast
 from service.prepare import prepare
 from service.preprocessing import preprocess
 
@@ -61,7 +61,7 @@ def idat_stream(scan: bytes) -> bytes:
 
 
 def unfilter_into_new_array(rows: bytes) -> np.ndarray:
-    """The kernel's share of decode_png on a 1024x1024 8-bit scan: allocate the pixels, undo the row filters."""
+    """The kernel's share of decode_fast on a 1024x1024 8-bit scan: allocate the pixels, undo the row filters."""
     pixels = np.empty((1024, 1024), np.uint8)
     unfilter(rows, pixels, 1024, 1024, 1)
     return pixels
@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [isal_zlib.decompress(stream) for stream in streams]
     candidates: list[tuple[str, Callable[[Any], object], list[Any]]] = [
         ("decode: Pillow `np.asarray(Image.open(...))` - the fallback", lambda d: np.asarray(Image.open(io.BytesIO(d))), scans),
-        ("decode: service fast path (`service.png.decode_png`) - chosen", lambda d: decode_png(d, max_pixels=MAX_PIXELS), scans),
+        ("decode: service fast path (`service.decode.png.decode_fast`) - chosen", lambda d: decode_fast(d, max_pixels=MAX_PIXELS), scans),
         ("inflate only: stdlib zlib", zlib.decompress, streams),
         ("inflate only: ISA-L (`isal.isal_zlib`) - chosen", isal_zlib.decompress, streams),
-        ("unfilter only: C kernel (`service._pngfilter`) - chosen", unfilter_into_new_array, rows),
+        ("unfilter only: C kernel (`service.decode._pngfilter`) - chosen", unfilter_into_new_array, rows),
     ]
     if importlib.util.find_spec("imagecodecs"):
         import imagecodecs

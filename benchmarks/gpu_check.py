@@ -28,13 +28,13 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from benchmarks.common import MAX_PIXELS, Server
 from benchmarks.loadgen import Body, run_hey
 from benchmarks.resnet18 import benchmark_model
-from benchmarks.run import MAX_PIXELS, Server
-from service import png
+from service.decode import png
+from service.decode.png import decode_fast
 from service.logs import log_config
 from service.model import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, load_model, session_options
-from service.png import decode_png
 from service.prepare import prepare
 from service.settings import variant_path
 
@@ -123,7 +123,7 @@ def per_scan(images: list[bytes], repeats: int) -> dict[str, float]:
 
     results = {
         "pillow_decode": median_ms(lambda image: np.asarray(Image.open(io.BytesIO(image)))),
-        "fast_png_decode": median_ms(lambda image: decode_png(image, max_pixels=MAX_PIXELS)),
+        "fast_png_decode": median_ms(lambda image: decode_fast(image, max_pixels=MAX_PIXELS)),
         "decode_preprocess": median_ms(lambda image: prepare(image, MAX_PIXELS)),
         "fast_path_built": png.available(),
     }
@@ -227,7 +227,7 @@ def service_runs(model: Path, image: Path, provider: str, configs: list[dict[str
             # the service's own log configuration, so each worker's "ready:" line reaches the log
             log_file = Path(tempfile.gettempdir()) / "cxr-gpu-check-logging.json"
             log_file.write_text(json.dumps(log_config("info", "text"), default=lambda cls: f"{cls.__module__}.{cls.__qualname__}"))
-            command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port),
+            command = [sys.executable, "-m", "uvicorn", "--factory", "service.http.app:create_app", "--port", str(port),
                        "--workers", config["workers"], "--no-access-log", "--log-config", str(log_file)]
         row: dict[str, Any] = {"config": config}
         try:

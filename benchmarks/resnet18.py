@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import CACHE
 from model_export.export import export_model
 from model_export.network import build_network
 from service.model import contract_metadata
 from service.preprocessing import OUTPUT_SIZE
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CACHE = REPO_ROOT / "benchmarks" / ".cache"
 
 
 def random_resnet18(path: Path) -> Path:

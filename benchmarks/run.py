@@ -30,8 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,36 +39,18 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from benchmarks.common import CACHE, DEFAULT_DATA, MAX_PIXELS, REPO_ROOT, Server, log, nih_scans
 from benchmarks.loadgen import Body, multipart_body, run_hey, triton_body
 from benchmarks.naive_recipe import naive_tensor
-from benchmarks.resnet18 import CACHE, REPO_ROOT, benchmark_model
+from benchmarks.resnet18 import benchmark_model
 from service.batching import MicroBatcher
-from service.imaging import decode
+from service.decode import decode
 from service.model import INPUT_NAME, OUTPUT_NAME, load_model, session_options
 from service.predictor import Predictor
 from service.prepare import prepare
 from service.preprocessing import preprocess
 from service.resources import available_cpus
 from service.settings import Settings, variant_path
-
-MAX_PIXELS = Settings.model_fields["max_pixels"].default  # the service's own decode limit
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nih-train"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def nih_scans(root: Path, count: int) -> list[bytes]:
-    """Real 1024x1024 8-bit NIH PNGs (the common case the targets are stated for)."""
-    scans = []
-    for path in sorted(root.glob("*/*.png")):
-        with Image.open(path) as image:
-            if image.mode == "L" and image.size == (1024, 1024):
-                scans.append(path.read_bytes())
-        if len(scans) == count:
-            break
-    return scans
 
 
 def int8_model(fp32: Path, scans: list[bytes]) -> Path:
@@ -166,54 +146,6 @@ def pipeline_ceiling(settings: Settings, scans: list[bytes], seconds: float, con
     return scans_per_second
 
 
-def answers(url: str) -> bool:
-    """True when anything answers HTTP at `url`, whatever the status."""
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
-
-
-class Server:
-    """A server process started for one benchmark, stopped afterwards."""
-
-    def __init__(self, command: list[str], env: dict[str, str], ready_url: str) -> None:
-        self.command, self.env, self.ready_url = command, env, ready_url
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()
-
-    def __enter__(self) -> Server:
-        if answers(self.ready_url):  # a stale server would be measured in place of this one
-            raise RuntimeError(f"something already answers at {self.ready_url}: stop it first")
-        self.process = subprocess.Popen(self.command, env={**os.environ, **self.env}, cwd=REPO_ROOT, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(self.ready_url, timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.3)
-        self.log.seek(0)
-        tail = self.log.read().decode(errors="replace")[-3000:]
-        self.__exit__()  # never leave it (or its uvicorn workers) running behind the error
-        raise RuntimeError(f"{self.command[:3]} did not become ready:\n{tail}")
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 def load_series(name: str, url: str, body: Body, concurrencies: list[int], seconds: float) -> list[dict[str, Any]]:
     """hey at each concurrency; also the client's own CPU use (cores), to show what it took from the server."""
     rows = []
@@ -268,7 +200,7 @@ def end_to_end(model: Path, scans: list[bytes], args: argparse.Namespace, work: 
         log("Triton skipped: no --triton-python interpreter (see benchmarks/requirements.txt)")
     # (e) two uvicorn worker processes with one ORT thread and one decode thread each
     env = service_env(model, "int8", CXR_INTRA_OP_THREADS="1", CXR_DECODE_THREADS="1")
-    workers = Server([python, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", "8104", "--workers", "2"], env, "http://127.0.0.1:8104/ready")
+    workers = Server([python, "-m", "uvicorn", "--factory", "service.http.app:create_app", "--port", "8104", "--workers", "2"], env, "http://127.0.0.1:8104/ready")
     systems.append(("service int8, 2 uvicorn workers", workers, "http://127.0.0.1:8104/predict", multipart, [16]))
 
     rows: list[dict[str, Any]] = []

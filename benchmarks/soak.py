@@ -29,9 +29,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.conftest import encode, png_bytes
-from tests.dicom_factory import dicom_bytes, rle_bytes
-from tests.hostile_inputs import (
+from testkit.dicom_factory import dicom_bytes, rle_bytes
+from testkit.hostile_inputs import (
     animated_png,
     corrupt_png,
     jpeg_declaring,
@@ -40,8 +39,9 @@ from tests.hostile_inputs import (
     sixteen_bit_png,
     truncated_jpeg,
 )
-from tests.live_server import LiveServer, running_service
-from tests.model_factory import build_model
+from testkit.images import encode, png_bytes
+from testkit.live_server import LiveServer, running_service
+from testkit.model_factory import build_model
 
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 

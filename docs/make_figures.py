@@ -59,7 +59,7 @@ def heatmap_figure(output: Path) -> None:
 def ui_screenshot(output: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.live_server import running_service
+    from testkit.live_server import running_service
 
     with running_service(MODEL) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("run", type=Path, help="run directory written by train and evaluated by evaluate")
     export.add_argument("--output", type=Path, required=True, help="ONNX file to write")
+    export.add_argument("--cv", type=Path, help="for a `fit` run: the cv run of the same recipe whose out-of-fold logits give calibration and threshold")
+    export.add_argument("--data", type=Path, action="append", help="for a `fit` run: data roots whose first scans check parity (default: random tensors)")
+    export.add_argument("--scores", type=Path, help="for a `fit` run: write the served probability of every >= 256 px scan of --data to this CSV")
     export.add_argument("--evaluation", type=Path, help="evaluation report.json with the threshold (default: <run>/evaluation/report.json)")
     export.add_argument("--model-name", default="cxr-effusion-resnet18", help="model_name in the contract")
     export.add_argument("--model-version", default="1.0.0", help="model_version in the contract")
@@ -96,6 +99,58 @@ def build_parser() -> argparse.ArgumentParser:
     variants.add_argument("--model", type=Path, required=True, help="the FP32 ONNX file written by export")
     variants.add_argument("--variant", choices=["int8", "fp16"], action="append", help="variant to build (repeatable; default: both)")
     variants.add_argument("--calibration-images", type=int, default=64, help="training images used to calibrate INT8")
+    variants.add_argument("--data", type=Path, action="append", help="for a `fit` run: its data roots (calibration and the guard's images)")
+    variants.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="for a `fit` run: the pool tensor cache")
+
+    cv = commands.add_parser(
+        "cv",
+        help="cross-validate a training recipe over the whole labelled pool (patient-level K-fold)",
+        description="Patient-level, stratified, seeded K-fold over every scan of the --data roots together: in each fold "
+        "fit the recipe on the other folds, score the held-out scans. Writes oof.csv (every scan's out-of-fold logit, also "
+        "with the top corners masked, and the 32x32-thumbnail logistic regression's probability fitted in the same folds) "
+        "and report.json (AUROCs with patient-bootstrap 95%% CIs, per fold). Finished folds are kept: rerun to resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_pool_options(cv)
+    cv.add_argument("--output", type=Path, required=True, help="run directory (recipe.json, fold-K.npz, oof.csv, report.json)")
+    cv.add_argument("--folds", type=int, default=5, help="K")
+    cv.add_argument("--bootstrap", type=int, default=2000, help="patient-level bootstrap resamples for the intervals")
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit a recipe on the whole pool: the shipped model's training run",
+        description="Train the recipe on every scan of the --data roots it takes (no split: its evaluation is the recipe's "
+        "cross-validation). Writes model.pt and final.json (recipe, pool, training patients, sha256 of the weights after "
+        "each epoch). Export it with `export RUN --cv CV_RUN`, which takes calibration and threshold from CV_RUN's "
+        "out-of-fold predictions.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_pool_options(fit)
+    fit.add_argument("--output", type=Path, required=True, help="run directory (model.pt, final.json)")
+    fit.add_argument("--stop-after-epochs", type=int, help="stop after this many epochs, recording their weight hashes (reproduction checks)")
+
+    study = commands.add_parser(
+        "study",
+        help="tabulate cross-validation runs as the ablation table of docs/training.md",
+        description="One Markdown row per cv run: OOF AUROCs with 95%% CIs (effusion vs no finding, vs all, native 1024 px), "
+        "the thumbnail reference, minutes, and the paired patient-bootstrap difference to the --baseline run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    study.add_argument("runs", type=Path, nargs="+", help="cv run directories")
+    study.add_argument("--baseline", type=Path, help="run the differences are measured against (default: the first)")
+    study.add_argument("--bootstrap", type=int, default=2000, help="patient-level bootstrap resamples for the paired differences")
+
+    card = commands.add_parser(
+        "card",
+        help="the model card's evidence from a cv run: card.json, roc.png, reliability.png",
+        description="AUROCs with patient-bootstrap CIs, calibration (cross-fitted ECE, reliability plot), the operating "
+        "point at the OOF threshold, subgroups (view, sex, age band, native vs reduced copies) and the top-corner "
+        "shortcut check, all from the cv run's out-of-fold predictions; copies oof.csv and report.json beside them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    card.add_argument("--cv", type=Path, required=True, help="the shipped recipe's cv run")
+    card.add_argument("--output", type=Path, required=True, help="folder to write (models/evaluation for the shipped model)")
+    card.add_argument("--bootstrap", type=int, default=2000, help="patient-level bootstrap resamples")
 
     synth = commands.add_parser(
         "synth",
@@ -109,6 +164,72 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed")
     synth.add_argument("--size", type=int, default=1024, help="side in pixels")
     return parser
+
+
+def add_pool_options(command: argparse.ArgumentParser) -> None:
+    """The data and recipe options that `cv` and `fit` share."""
+    from model_export.recipes import DEFAULT_RECIPE
+
+    command.add_argument("--data", type=Path, action="append", required=True, help="a root with labels.csv or class folders (effusion/, nofinding/, other/); repeatable")
+    command.add_argument("--nih-labels", type=Path, help="NIH's Data_Entry_2017*.csv[.gz]: findings, view, sex and age of NIH file names")
+    command.add_argument("--recipe", default=DEFAULT_RECIPE, help="named recipe (model_export/recipes.py)")
+    command.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field of the recipe; repeatable")
+    command.add_argument("--seed", type=int, default=0, help="seed of the folds, initial weights, shuffling and augmentation")
+    command.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="where preprocessed pool tensors are cached")
+    command.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); the weights depend on it bit for bit")
+
+
+def set_threads(threads: int) -> None:
+    """One thread per run is fastest on a shared 2-core machine: two OpenMP threads stall whenever one is descheduled."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run_cv(args: argparse.Namespace) -> None:
+    from model_export.cv import run_cv as cross_validate
+    from model_export.recipes import resolve
+
+    set_threads(args.threads)
+    recipe = resolve(args.recipe, args.set)
+    report = cross_validate(
+        args.data, recipe, args.output, recipe_name=args.recipe + "".join(f" {item}" for item in args.set),
+        nih_labels=args.nih_labels, folds=args.folds, seed=args.seed, cache_dir=args.cache_dir,
+        resamples=args.bootstrap, command=args.command_line,
+    )  # fmt: skip
+    row = report["oof"]["effusion_vs_nofinding"]
+    print(
+        f"OOF AUROC effusion vs no finding {row['cnn']['auroc']:.3f} ({row['cnn']['ci95'][0]:.3f}-{row['cnn']['ci95'][1]:.3f}); "
+        f"thumbnail reference {row['reference']['auroc']:.3f}; {report['minutes']['total']:.0f} min; report in {args.output}"
+    )
+
+
+def run_fit(args: argparse.Namespace) -> None:
+    from model_export.final import fit_final
+    from model_export.recipes import resolve
+
+    set_threads(args.threads)
+    summary = fit_final(
+        args.data, resolve(args.recipe, args.set), args.output, recipe_name=args.recipe + "".join(f" {item}" for item in args.set),
+        nih_labels=args.nih_labels, seed=args.seed, cache_dir=args.cache_dir, stop_after_epochs=args.stop_after_epochs,
+        command=args.command_line,
+    )  # fmt: skip
+    print(f"trained on {summary['scans']} scans for {len(summary['epoch_sha256'])} epochs in {summary['minutes']:.1f} min; run in {args.output}")
+
+
+def run_study(args: argparse.Namespace) -> None:
+    from model_export.study import study_table
+
+    print(study_table(args.runs, baseline=args.baseline, resamples=args.bootstrap))
+
+
+def run_card(args: argparse.Namespace) -> None:
+    from model_export.card import write_card
+
+    evidence = write_card(args.cv, args.output, resamples=args.bootstrap)
+    row = evidence["auroc"]["effusion_vs_nofinding"]
+    print(f"{evidence['recipe']}: OOF AUROC {row['auroc']:.3f}; ECE {evidence['calibration']['ece_cross_fitted']:.3f}; card in {args.output}")
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -162,6 +283,21 @@ def run_export(args: argparse.Namespace) -> None:
 
     if args.opset < 17:
         raise ExportError("--opset must be at least 17")
+    if (args.run / "final.json").exists():
+        from model_export.final import export_final
+
+        if args.cv is None:
+            raise ExportError(f"{args.run} is a fit run: pass --cv with the cv run of its recipe (calibration and threshold come from it)")
+        result = export_final(
+            args.run, args.cv, args.output, model_name=args.model_name, model_version=args.model_version,
+            roots=args.data, parity_images=args.parity_images,
+        )  # fmt: skip
+        print(f"wrote {result.path}: parity max |torch - ONNX Runtime| = {result.max_abs_difference:.2e} on {result.parity_images} images")
+        if args.scores:
+            from model_export.final import write_scores
+
+            print(f"scored {write_scores(result.path, args.data or [], args.scores)} scans into {args.scores}")
+        return
     result = export_run(
         args.run,
         args.output,
@@ -182,9 +318,15 @@ def run_variants(args: argparse.Namespace) -> None:
     from model_export.variants import VARIANTS, build_run_variants
 
     chosen = tuple(args.variant) if args.variant else VARIANTS
-    for report in build_run_variants(args.run, args.model, chosen, calibration_images=args.calibration_images):
+    if (args.run / "final.json").exists():
+        from model_export.final import final_variants
+
+        reports = final_variants(args.model, args.data or [], variants=chosen, cache_dir=args.cache_dir, calibration_images=args.calibration_images)
+    else:
+        reports = build_run_variants(args.run, args.model, chosen, calibration_images=args.calibration_images)
+    for report in reports:
         verdict = f"wrote {report.path}" if report.offered else "NOT offered (AUROC moved more than 0.005)"
-        print(f"{report.variant}: AUROC {report.auroc:.4f} vs FP32 {report.fp32_auroc:.4f} on {report.images} held-out images: {verdict}")
+        print(f"{report.variant}: AUROC {report.auroc:.4f} vs FP32 {report.fp32_auroc:.4f} on {report.images} guard images: {verdict}")
 
 
 def run_synth(args: argparse.Namespace) -> None:
@@ -194,11 +336,12 @@ def run_synth(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} synthetic phantoms under {args.output}")
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "export": run_export, "variants": run_variants, "synth": run_synth}
+COMMANDS = {"cv": run_cv, "fit": run_fit, "study": run_study, "card": run_card, "train": run_train, "evaluate": run_evaluate, "export": run_export, "variants": run_variants, "synth": run_synth}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["python -m model_export", *(sys.argv[1:] if argv is None else argv)])  # recorded in reports
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("model_export").setLevel(logging.INFO)  # ours, not the exporter's chatter
     from tqdm.contrib.logging import logging_redirect_tqdm

@@ -1,7 +1,7 @@
 """Training data: find labelled scans, split them by patient, and turn them into model tensors.
 
 Decoding and preprocessing are the service's own per-upload step (`service.prepare.prepare`:
-`service.imaging.decode`, then `service.preprocessing.preprocess`), so training sees exactly
+`service.decode.decode`, then `service.preprocessing.preprocess`), so training sees exactly
 the numbers the service computes for the same file. Three layouts are read:
 
 - class folders: `<root>/effusion/*` and `<root>/nofinding/*` (the Kaggle cxr-dataset);

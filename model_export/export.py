@@ -103,9 +103,13 @@ def export_model(
     *,
     opset: int = OPSET,
     tolerance: float = TOLERANCE,
+    input_pool: int = 1,
 ) -> ExportResult:
-    """Export, embed `metadata`, load with the service, check parity on `images`, then publish."""
-    module = EffusionWithHeatmap(network.cpu().eval()).eval()
+    """Export, embed `metadata`, load with the service, check parity on `images`, then publish.
+
+    `input_pool` > 1 puts an exact area average of the 256 px input to the training resolution into the graph.
+    """
+    module = EffusionWithHeatmap(network.cpu().eval(), input_pool=input_pool).eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
     try:

@@ -6,6 +6,7 @@ filters would not fit a one-channel input without surgery anyway.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +18,47 @@ from torchvision.models import resnet18
 CLASSES = 2  # index 1 is effusion, the positive class the service's contract expects
 
 
-def build_network() -> nn.Module:
-    """ResNet18 with a 1-channel first convolution and a 2-class head (logits)."""
-    network = resnet18(weights=None, num_classes=CLASSES)
+def build_network(outputs: int = CLASSES) -> nn.Module:
+    """ResNet18 with a 1-channel first convolution and `outputs` logits (2 classes, or one per finding)."""
+    network = resnet18(weights=None, num_classes=outputs)
     network.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     nn.init.kaiming_normal_(network.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision does
     return network
 
 
+def binary_head(network: nn.Module, index: int, *, scale: float = 1.0, shift: float = 0.0) -> nn.Module:
+    """A copy of `network` whose 2-class head gives softmax(...)[:, 1] = sigmoid(scale * logit[index] + shift).
+
+    This is how a multi-label network, and its calibration (Platt scaling fitted on out-of-fold
+    logits), fit the service's contract and the heatmap's evidence (fc row 1 minus row 0) unchanged.
+    """
+    binary = copy.deepcopy(network).cpu().float().eval()
+    source = binary.fc
+    head = nn.Linear(source.in_features, CLASSES)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[1] = scale * source.weight[index]
+        head.bias[1] = scale * source.bias[index] + shift
+    binary.fc = head
+    return binary.to(memory_format=torch.contiguous_format)
+
+
+def pool_input(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """Area-average the 256 px input down to the training resolution (exactly a factor x factor mean)."""
+    return nn.functional.avg_pool2d(image, factor) if factor > 1 else image
+
+
 class EffusionProbability(nn.Module):
     """Logits -> P(effusion) = softmax(logits)[:, 1]: what evaluation measures and the ONNX graph outputs."""
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, input_pool: int = 1) -> None:
         super().__init__()
         self.network = network
+        self.input_pool = input_pool
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.network(image).float(), dim=1)[:, 1]
+        return torch.softmax(self.network(pool_input(image, self.input_pool)).float(), dim=1)[:, 1]
 
 
 class EffusionWithHeatmap(nn.Module):
@@ -46,13 +71,14 @@ class EffusionWithHeatmap(nn.Module):
     costs one extra graph output, not a second model.
     """
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, input_pool: int = 1) -> None:
         super().__init__()
         self.network = network
+        self.input_pool = input_pool
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.network
-        x = net.maxpool(net.relu(net.bn1(net.conv1(image))))
+        x = net.maxpool(net.relu(net.bn1(net.conv1(pool_input(image, self.input_pool)))))
         features = net.layer4(net.layer3(net.layer2(net.layer1(x))))
         logits = net.fc(torch.flatten(net.avgpool(features), 1))
         probability = torch.softmax(logits.float(), dim=1)[:, 1]

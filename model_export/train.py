@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from model_export.data import Split, find_samples, load_tensors, split_by_patient
 from model_export.errors import DataError
+from model_export.fit import BATCH_NORM_IMAGES, recalibrate_batch_norm
 from model_export.network import build_network, predict_probabilities
 
 logger = logging.getLogger(__name__)
-BATCH_NORM_IMAGES = 512  # training images that re-estimate BatchNorm statistics after each epoch
 
 
 @dataclass
@@ -181,29 +181,6 @@ def train(config: TrainConfig, *, max_minutes: float | None = None, resume: bool
             last_epoch_seconds,
         )
     return TrainResult(state["best_epoch"], state["best_auroc"], state["epoch"], stop_reason)
-
-
-def recalibrate_batch_norm(
-    network: nn.Module, images: np.ndarray, indices: np.ndarray, *, batch_size: int, device: torch.device
-) -> None:
-    """Replace BatchNorm running statistics by exact averages over (un-augmented) training images.
-
-    The running averages lag the weights by the last few dozen steps; a small dataset gives a
-    model only a few steps per epoch, and the lag alone can ruin evaluation-mode predictions.
-    ("Precise BN", Wu & Johnson 2021.)
-    """
-    layers = [module for module in network.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the batches below
-    network.train()
-    with torch.no_grad():
-        for start in range(0, len(indices), batch_size):
-            batch = np.sort(indices[start : start + batch_size])
-            network(torch.from_numpy(images[batch]).to(device))
-    for layer, momentum in zip(layers, momenta):
-        layer.momentum = momentum
 
 
 def new_split(config: TrainConfig) -> Split:

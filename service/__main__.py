@@ -12,14 +12,14 @@ from pathlib import Path
 
 import uvicorn
 
-from service.app import create_app, load_configured_model
-from service.auth import AuthConfigError
-from service.limits import HttpLimits, protocol_class
+from service.http.app import create_app, load_configured_model
+from service.http.auth import AuthConfigError
+from service.http.limits import HttpLimits, protocol_class
+from service.http.shutdown import DrainingServer
 from service.logs import configure_logging
 from service.model import ModelError
 from service.native_stderr import capture_native_stderr
 from service.settings import Settings
-from service.shutdown import DrainingServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

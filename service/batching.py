@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import ServiceError
+from service.errors import ErrorCode, ServiceError
 
 
 @dataclass(frozen=True)
@@ -89,19 +89,19 @@ class MicroBatcher:
         if self._queue is not None:
             while not self._queue.empty():
                 unfinished.append(self._queue.get_nowait())
-        self._fail(unfinished, ServiceError("not_ready", "the service is shutting down"))
+        self._fail(unfinished, ServiceError(ErrorCode.NOT_READY, "the service is shutting down"))
         self._executor.shutdown(wait=True)
 
     async def submit(self, tensor: np.ndarray, *, heatmap: bool = False) -> BatchResult:
         """Queue one [1,1,H,W] tensor and wait for its probability (and heatmap, if asked and available)."""
         if self._queue is None:
-            raise ServiceError("not_ready", "the inference worker is not running")
+            raise ServiceError(ErrorCode.NOT_READY, "the inference worker is not running")
         job = _Job(tensor, asyncio.get_running_loop().create_future(), time.perf_counter(), heatmap)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise ServiceError(
-                "overloaded", f"{self.max_queue} requests are already waiting; retry shortly", retry_after=1
+                ErrorCode.OVERLOADED, f"{self.max_queue} requests are already waiting; retry shortly", retry_after=1
             ) from None
         return await job.future
 
@@ -116,7 +116,7 @@ class MicroBatcher:
             try:
                 await self._run(jobs)
             except Exception as error:  # a failing model must fail its requests, never the worker
-                self._fail(jobs, ServiceError("internal_error", f"inference failed: {type(error).__name__}"))
+                self._fail(jobs, ServiceError(ErrorCode.INTERNAL_ERROR, f"inference failed: {type(error).__name__}"))
             finally:
                 self._in_flight = []
 

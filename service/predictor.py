@@ -2,10 +2,11 @@
 
 `Predictor` runs `prepare` (decode + preprocess) off the event loop and feeds the
 micro-batcher, so decoding of some requests overlaps inference of others. Decoding runs on
-threads by default (Pillow's decoders, zlib and numpy release the GIL for the heavy parts) or, with
-`decode_processes`, in worker processes, which scale better on many-core hosts where Pillow's
-Python-level work would serialise on the GIL (docs/performance.md). `score_bytes` is the
-synchronous path for scripts and the CLI's `--local` mode: same functions, no server.
+threads by default (Pillow's decoders, zlib and numpy release the GIL for the heavy parts), which
+measured best on every host we timed (docs/performance.md); `decode_processes` runs it in worker
+processes instead, an option kept for hosts where profiling shows the GIL serialising decodes.
+`score_bytes` is the synchronous path for scripts and the CLI's `--local` mode: same functions,
+no server.
 """
 
 from __future__ import annotations
@@ -22,15 +23,33 @@ import numpy as np
 from PIL import Image
 
 from service.batching import MicroBatcher
-from service.errors import ServiceError
+from service.decode.scan import ScanFacts
+from service.errors import ErrorCode, ServiceError
 from service.heatmap import RenderedHeatmap, render
 from service.logs import configure_logging, in_request, request_id_var
 from service.model import Model
-from service.prepare import ScanFacts, prepare
+from service.prepare import Prepared, prepare
 from service.resources import available_cpus
 from service.settings import Settings
 
-__all__ = ["Prediction", "Predictor", "prepare", "score_bytes"]  # prepare: re-exported for scripts and tests
+__all__ = ["Prediction", "Predictor", "Timing", "prepare", "score_bytes"]  # prepare: re-exported for scripts and tests
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where one request's time went, in milliseconds (the response's `timing_ms`)."""
+
+    decode: float
+    preprocess: float
+    queue: float
+    inference: float
+    total: float
+
+
+def timing(prepared: Prepared, *, queue_ms: float, inference_ms: float, started: float) -> Timing:
+    """The timing record of a request that began at `started` (a `time.perf_counter()` reading) and ends now."""
+    total = (time.perf_counter() - started) * 1000.0
+    return Timing(prepared.decode_ms, prepared.preprocess_ms, queue_ms, inference_ms, total)
 
 
 @dataclass(frozen=True)
@@ -41,7 +60,7 @@ class Prediction:
     label: str
     image: ScanFacts
     batch_size: int
-    timing_ms: dict[str, float]
+    timing_ms: Timing
     heatmap: RenderedHeatmap | None = None
 
 
@@ -51,15 +70,9 @@ def score_bytes(model: Model, data: bytes, *, max_pixels: int) -> Prediction:
     prepared = prepare(data, max_pixels)
     inference_started = time.perf_counter()
     probability = float(model.predict(prepared.tensor)[0])
-    finished = time.perf_counter()
-    timing = {
-        "decode": prepared.decode_ms,
-        "preprocess": prepared.preprocess_ms,
-        "queue": 0.0,
-        "inference": (finished - inference_started) * 1000.0,
-        "total": (finished - started) * 1000.0,
-    }
-    return Prediction(probability, model.contract.label(probability), prepared.image, 1, timing)
+    inference_ms = (time.perf_counter() - inference_started) * 1000.0
+    spent = timing(prepared, queue_ms=0.0, inference_ms=inference_ms, started=started)
+    return Prediction(probability, model.contract.label(probability), prepared.image, 1, spent)
 
 
 def decode_pool(workers: int, *, processes: bool, logging: tuple[str, str] = ("info", "json")) -> Executor:
@@ -74,7 +87,7 @@ def decode_pool(workers: int, *, processes: bool, logging: tuple[str, str] = ("i
 class Predictor:
     """Async scoring: decode + preprocess on a pool, inference through the micro-batcher.
 
-    Requests in progress are bounded before this (service/admission.py), so the decode pool's
+    Requests in progress are bounded before this (service/http/admission.py), so the decode pool's
     backlog is bounded too.
     """
 
@@ -120,20 +133,14 @@ class Predictor:
             if self._decoders is pool:
                 self._decoders = decode_pool(self._workers, processes=True, logging=self._logging)
                 pool.shutdown(wait=False, cancel_futures=True)
-            raise ServiceError("not_ready", "a decode worker stopped; retry shortly", retry_after=1) from None
+            raise ServiceError(ErrorCode.NOT_READY, "a decode worker stopped; retry shortly", retry_after=1) from None
         result = await self.batcher.submit(prepared.tensor, heatmap=heatmap)
         rendered = None
         if result.heatmap is not None:
             rendered = await loop.run_in_executor(None, render, prepared.tensor[0, 0], result.heatmap)
-        timing = {
-            "decode": prepared.decode_ms,
-            "preprocess": prepared.preprocess_ms,
-            "queue": result.queue_ms,
-            "inference": result.inference_ms,
-            "total": (time.perf_counter() - started) * 1000.0,
-        }
+        spent = timing(prepared, queue_ms=result.queue_ms, inference_ms=result.inference_ms, started=started)
         label = self.model.contract.label(result.probability)
-        return Prediction(result.probability, label, prepared.image, result.batch_size, timing, rendered)
+        return Prediction(result.probability, label, prepared.image, result.batch_size, spent, rendered)
 
     def start_decoders(self) -> None:
         """Run a scan through every decode worker before /ready, so no client pays a process start."""

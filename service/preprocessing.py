@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.errors import ServiceError
+from service.errors import ErrorCode, ServiceError
 
 PREPROCESSING_ID = "minmax-area256/v1"
 OUTPUT_SIZE = 256
@@ -34,23 +34,23 @@ def preprocess(pixels: np.ndarray) -> np.ndarray:
     height, width = pixels.shape
     if min(height, width) < MIN_SIDE:
         raise ServiceError(
-            "image_too_small",
+            ErrorCode.IMAGE_TOO_SMALL,
             f"image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels",
         )
     if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
         raise ServiceError(
-            "bad_aspect_ratio",
+            ErrorCode.BAD_ASPECT_RATIO,
             f"image is {width}x{height}; the aspect ratio must not exceed {MAX_ASPECT_RATIO:g}:1",
         )
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
-        raise ServiceError("unsupported_image", "image contains NaN or infinite pixel values")
+        raise ServiceError(ErrorCode.UNSUPPORTED_IMAGE, "image contains NaN or infinite pixel values")
     if pixels.dtype.kind not in "uif":
         raise ValueError(f"unsupported pixel dtype {pixels.dtype}")
 
     low = pixels.min()
     high = pixels.max()
     if low == high:
-        raise ServiceError("blank_image", "image is constant (no contrast); nothing to analyse")
+        raise ServiceError(ErrorCode.BLANK_IMAGE, "image is constant (no contrast); nothing to analyse")
 
     square = pad_to_square(pixels, low)
     sums, count = area_sums(square, OUTPUT_SIZE)
@@ -60,7 +60,7 @@ def preprocess(pixels: np.ndarray) -> np.ndarray:
         scale = 1.0 / ((float(high) - float(low)) * count)
         normalised = (sums - float(low) * count) * scale
     if not np.isfinite(normalised).all():  # e.g. a DICOM rescale slope of 1e308 overflows the sums
-        raise ServiceError("unsupported_image", "pixel values are too large or too small to normalise")
+        raise ServiceError(ErrorCode.UNSUPPORTED_IMAGE, "pixel values are too large or too small to normalise")
     return np.ascontiguousarray(normalised, dtype=np.float32).reshape(1, 1, OUTPUT_SIZE, OUTPUT_SIZE)
 
 

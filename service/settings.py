@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path("models/cxr-effusion-resnet18.onnx")
+DEFAULT_MAX_PIXELS = 25_000_000  # also the decode limit training and the benchmarks apply
 
 
 class Settings(BaseSettings):
@@ -54,13 +55,16 @@ class Settings(BaseSettings):
         description="Memory the process may use, for sizing admission (default: the cgroup limit; none: the fixed bound).",
     )
     decode_threads: int | None = Field(
-        None, ge=1, description="Threads that decode and preprocess uploads; default: the CPUs this process may use."
+        None,
+        ge=1,
+        description="Threads that decode and preprocess uploads; default: the CPUs this process may use. "
+        "On many-core hosts about 4 per service process did best (docs/performance.md).",
     )
     decode_processes: int = Field(
         0,
         ge=0,
-        description="Worker processes that decode and preprocess uploads instead of threads; 0: threads. "
-        "Use about one per core on many-core (GPU) hosts, where threads serialise on the GIL.",
+        description="Worker processes that decode and preprocess uploads instead of threads; 0: threads, which "
+        "served more requests/s end to end on every host measured (docs/performance.md).",
     )
 
     # Input limits
@@ -76,7 +80,7 @@ class Settings(BaseSettings):
         16 * 1024, ge=1, description="Bytes per second a request body must average after its allowance, else the connection closes."
     )
     max_pixels: int = Field(
-        25_000_000, ge=65_536, description="Largest declared image (width x height) decoded (413 beyond)."
+        DEFAULT_MAX_PIXELS, ge=65_536, description="Largest declared image (width x height) decoded (413 beyond)."
     )
 
     # HTTP server

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import importlib
-import io
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
-from tests.model_factory import build_model
+from testkit.model_factory import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -98,14 +95,3 @@ def client(mean_model: Path) -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(mean_model))) as test_client:
         wait_ready(test_client)
         yield test_client
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
-    """Serialise a Pillow image in memory."""
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    return encode(Image.fromarray(array))

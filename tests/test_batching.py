@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.batching import MicroBatcher
-from service.errors import ServiceError
+from service.errors import ErrorCode, ServiceError
+from service.http.app import create_app
 from service.model import Model, load_model
 from service.preprocessing import preprocess
-from tests.conftest import make_settings, png_bytes, wait_ready
-from tests.model_factory import expected_probability
+from testkit.images import png_bytes
+from testkit.model_factory import expected_probability
+from tests.conftest import make_settings, wait_ready
 
 
 def distinct_scans(count: int) -> list[np.ndarray]:
@@ -84,7 +85,7 @@ def test_full_queue_is_refused_at_once_with_retry_after() -> None:
         with pytest.raises(ServiceError) as refused:
             await batcher.submit(tensor)
         assert time.perf_counter() - started < 0.05
-        assert refused.value.code == "overloaded" and refused.value.status_code == 503
+        assert refused.value.code == ErrorCode.OVERLOADED
         assert refused.value.retry_after is not None and refused.value.retry_after >= 1
         release.set()
         await asyncio.gather(running, *waiting)  # the admitted ones still finish

@@ -11,11 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
 from service.heatmap import grid, overlay_png
+from service.http.app import create_app
 from service.model import ModelError, load_model
-from tests.conftest import make_settings, png_bytes, wait_ready
-from tests.model_factory import build_model
+from testkit.images import png_bytes
+from testkit.model_factory import build_model
+from tests.conftest import make_settings, wait_ready
 
 
 @pytest.fixture(scope="module")

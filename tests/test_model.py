@@ -10,7 +10,7 @@ import pytest
 from service.model import ModelError, contract_metadata, load_model, parse_contract
 from service.preprocessing import PREPROCESSING_ID
 from service.resources import available_cpus, cgroup_cpu_quota
-from tests.model_factory import build_model, expected_probability
+from testkit.model_factory import build_model, expected_probability
 
 
 def refusal(path: Path) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live_server import REPO_ROOT, free_port, running_service
-from tests.model_factory import build_model
+from testkit.live_server import REPO_ROOT, free_port, running_service
+from testkit.model_factory import build_model
 
 
 def test_serves_predictions_and_stops_cleanly_on_sigterm(mean_model: Path, nih_png: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.soak import MAX_UPLOAD_BYTES, soak
-from tests.live_server import running_service
+from testkit.live_server import running_service
 
 
 def test_soak_500_mixed_requests(mean_model: Path) -> None:

@@ -14,7 +14,7 @@ from model_export.variants import build_variant
 from service.model import ModelError, contract_metadata, load_model
 from service.prepare import prepare
 from service.settings import Settings
-from tests.model_factory import build_model
+from testkit.model_factory import build_model
 
 
 @pytest.fixture(scope="module")

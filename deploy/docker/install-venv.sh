@@ -6,7 +6,7 @@
 #
 # Packages come from /wheelhouse when CXR_WHEELHOUSE is set (offline: no index at all), else
 # from the index pip reads from PIP_INDEX_URL. The project is built from source, its C extension
-# service._pngfilter included (the build stage has a compiler and the Python headers); since
+# service.decode._pngfilter included (the build stage has a compiler and the Python headers); since
 # pyproject.toml marks it optional, setuptools would only warn when it cannot be compiled, so the
 # project step fails unless it imports: an image never ships the slow PNG path silently. The
 # runtime image installs nothing, so pip and setuptools are removed at the end.
@@ -25,8 +25,8 @@ case "$step" in
     project)
         /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall "$@" /src
         # -I: from the venv, not from /src (the working directory).
-        if ! /opt/venv/bin/python -I -c "import service._pngfilter"; then
-            echo "install-venv.sh: service._pngfilter was not built: the build stage needs a C compiler" \
+        if ! /opt/venv/bin/python -I -c "import service.decode._pngfilter"; then
+            echo "install-venv.sh: service.decode._pngfilter was not built: the build stage needs a C compiler" \
                 "and the Python headers (BUILD_IMAGE, docs/deployment.md)" >&2
             exit 1
         fi

@@ -20,10 +20,10 @@ from model_export.data import (
     split_by_patient,
 )
 from model_export.errors import DataError
-from service.imaging import decode
+from service.decode import decode
 from service.preprocessing import preprocess
-from tests.conftest import encode
-from tests.dicom_factory import dicom_bytes
+from testkit.dicom_factory import dicom_bytes
+from testkit.images import encode
 
 
 def gradient(height: int, width: int, dtype: type = np.uint8, top: int = 255) -> np.ndarray:

@@ -27,7 +27,7 @@ from model_export.train import TrainConfig, train
 from service.model import ModelError, load_model
 from service.predictor import prepare, score_bytes
 from service.preprocessing import preprocess
-from tests.live_server import REPO_ROOT, free_port, running_service
+from testkit.live_server import REPO_ROOT, free_port, running_service
 
 MAX_PIXELS = 25_000_000
 

@@ -1,0 +1,267 @@
+"""HTTP layer: routes, error bodies and the service lifecycle. No image or model logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.batching import MicroBatcher
+from service.decode import png
+from service.decode.formats import FORMATS, NAMES
+from service.errors import ErrorCode, ServiceError
+from service.http.admission import Admission
+from service.http.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, document_security, load_api_keys
+from service.http.errors import add_error_handlers
+from service.http.metrics import Metrics
+from service.http.observability import RequestObserver
+from service.http.readiness import Readiness
+from service.http.schemas import (
+    ErrorResponse,
+    Heatmap,
+    LiveResponse,
+    ModelInfo,
+    ModelResponse,
+    PredictionResponse,
+    ReadyResponse,
+)
+from service.http.ui import UI_PATHS, add_ui_routes
+from service.http.uploads import read_upload
+from service.memory import admission_limit
+from service.model import Model, load_model
+from service.predictor import Prediction, Predictor
+from service.resources import available_cpus
+from service.settings import Settings
+
+logger = logging.getLogger("service")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 413, 415, 422, 503)
+}
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary", "description": f"{NAMES} scan"}},
+                }
+            },
+            **{fmt.media_types[0]: BINARY for fmt in FORMATS},
+        },
+    }
+}
+
+
+class ServiceState:
+    """What the routes need, created at start-up."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.readiness = Readiness()
+        self.model: Model | None = None
+        self.predictor: Predictor | None = None
+        self.metrics = Metrics()
+        self.admission = Admission(admission_limit(settings))
+        self.metrics.ready.set_function(lambda: float(self.readiness.ready))
+
+    def drain(self) -> None:
+        """SIGTERM arrived: /ready says 503 and new work is refused from now on."""
+        self.readiness.set("draining", "the service is shutting down")
+
+
+def create_app(settings: Settings | None = None, *, model: Model | None = None) -> FastAPI:
+    """Build the app; pass an already loaded `model` to skip loading (python -m service does)."""
+    settings = settings or Settings()
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = model or await anyio.to_thread.run_sync(load_configured_model, settings)
+        batcher = MicroBatcher(
+            loaded.predict,
+            run_with_heatmap=loaded.predict_with_heatmap if loaded.has_heatmap else None,
+            max_batch=settings.max_batch,
+            max_delay_s=settings.max_delay_ms / 1000.0,
+            max_queue=settings.max_queue,
+        )
+        predictor = Predictor.from_settings(loaded, batcher, settings)
+        state.model, state.predictor = loaded, predictor
+        state.metrics.watch(batcher, loaded)
+        problem = loaded.provider_problem(settings.execution_provider)
+        if problem is None:
+            state.readiness.set("warming", "warming up every batch size")
+            warm_up = asyncio.create_task(_warm_up(state, predictor))
+        else:
+            logger.error("not ready: %s", problem)
+            state.readiness.set("failed", problem)
+            warm_up = None
+        batcher.start()
+        try:
+            yield
+        finally:
+            state.drain()
+            if warm_up is not None:
+                warm_up.cancel()
+            await batcher.stop()
+            predictor.close()
+
+    app = FastAPI(
+        title="cxr-effusion",
+        version=__version__,
+        summary="Pleural effusion probability for a chest X-ray. Research and integration use, not for clinical use.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    add_error_handlers(app)
+
+    @app.post("/predict", response_model=PredictionResponse, responses=ERROR_RESPONSES, openapi_extra=UPLOAD_BODY)
+    async def predict(request: Request, heatmap: bool = False) -> PredictionResponse:
+        """Score one scan: multipart field `file`, or a raw PNG/JPEG/DICOM body. `?heatmap=true` adds the heatmap."""
+        predictor = _ready_predictor(state)
+        with state.admission.slot():
+            data = await read_upload(
+                request.headers.get("content-type"),
+                request.headers.get("content-length"),
+                request.stream(),
+                max_bytes=settings.max_upload_bytes,
+            )
+            prediction = await predictor.predict(data, heatmap=heatmap)
+        response = _prediction_response(prediction, predictor.model, request.state.request_id)
+        if heatmap and not predictor.model.has_heatmap:
+            response.notes.append("this model has no heatmap output; see GET /model")
+        return response
+
+    @app.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+    async def ready() -> JSONResponse:
+        """200 only when the model is loaded, checked, on the requested provider and warmed up."""
+        body = ReadyResponse(ready=state.readiness.ready, status=state.readiness.status, reason=state.readiness.reason)
+        if state.model is not None:
+            body.model = _model_info(state.model)
+            body.execution_provider = state.model.execution_provider
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+    @app.get("/live", response_model=LiveResponse)
+    async def live() -> LiveResponse:
+        """The process is alive and its event loop answers; checks no dependency."""
+        return LiveResponse()
+
+    @app.get("/model", response_model=ModelResponse, responses={503: {"model": ErrorResponse}})
+    async def model_card() -> ModelResponse:
+        """The served model's contract, metrics and provenance."""
+        if state.model is None:
+            raise ServiceError(ErrorCode.NOT_READY, state.readiness.reason or "the model is not loaded")
+        contract = state.model.contract
+        return ModelResponse(
+            model=_model_info(state.model),
+            execution_provider=state.model.execution_provider,
+            preprocessing_id=contract.preprocessing_id,
+            threshold=contract.threshold,
+            class_names=list(contract.class_names),
+            heatmap=state.model.has_heatmap,
+            metadata=contract.metadata,
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus exposition of this app's registry."""
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    add_ui_routes(app)
+    _add_middleware(app, state)
+    return app
+
+
+def load_configured_model(settings: Settings) -> Model:
+    """Load and check the model `settings` name (blocking start-up work; `python -m service` calls it before binding)."""
+    return load_model(
+        settings.model_file,
+        policy=settings.execution_provider,
+        intra_op_threads=settings.intra_op_threads or available_cpus(),
+        variant_of=settings.variant_of,
+    )
+
+
+def _add_middleware(app: FastAPI, state: ServiceState) -> None:
+    """Outermost first: request id, metrics and log line; CORS; API keys; then the routes."""
+    settings = state.settings
+    keys = load_api_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file)
+    if keys:
+        open_paths = PROBE_PATHS | UI_PATHS  # the page holds no data; its calls to /predict carry the key
+        if settings.metrics_public:
+            open_paths |= {"/metrics"}
+        app.add_middleware(ApiKeyMiddleware, checker=KeyChecker(keys), open_paths=open_paths)
+        app.openapi_schema = document_security(app.openapi(), open_paths)
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    known_paths = frozenset(getattr(route, "path", "") for route in app.routes)
+    app.add_middleware(RequestObserver, metrics=state.metrics, known_paths=known_paths)
+
+
+async def _warm_up(state: ServiceState, predictor: Predictor) -> None:
+    settings, model = state.settings, predictor.model
+    try:
+        sizes = list(range(1, settings.max_batch + 1))
+        await anyio.to_thread.run_sync(lambda: model.warm_up(sizes, settings.warmup_runs))
+        await anyio.to_thread.run_sync(predictor.start_decoders)
+    except Exception as error:
+        logger.error("warm-up failed: %s", error)
+        state.readiness.set("failed", f"warm-up failed: {type(error).__name__}")
+        return
+    state.readiness.set("ready")
+    logger.info(
+        "ready: model %s %s on %s; PNG decoder: %s",
+        model.contract.model_name,
+        model.contract.model_version,
+        model.execution_provider,
+        "fast path (service/decode/png.py)" if png.available() else "Pillow only (service.decode._pngfilter was not built)",
+    )
+
+
+def _ready_predictor(state: ServiceState) -> Predictor:
+    if not state.readiness.ready or state.predictor is None:
+        raise ServiceError(ErrorCode.NOT_READY, state.readiness.reason or "the service is not ready", retry_after=5)
+    return state.predictor
+
+
+def _model_info(model: Model) -> ModelInfo:
+    return ModelInfo(name=model.contract.model_name, version=model.contract.model_version, sha256=model.sha256)
+
+
+def _prediction_response(prediction: Prediction, model: Model, request_id: str) -> PredictionResponse:
+    return PredictionResponse(
+        effusion_probability=prediction.probability,
+        label=prediction.label,
+        threshold=model.contract.threshold,
+        model=_model_info(model),
+        execution_provider=model.execution_provider,
+        input=prediction.image,
+        batch_size=prediction.batch_size,
+        timing_ms=prediction.timing_ms,
+        request_id=request_id,
+        heatmap=None
+        if prediction.heatmap is None
+        else Heatmap(
+            overlay_png=base64.b64encode(prediction.heatmap.overlay_png).decode("ascii"),
+            grid=prediction.heatmap.grid,
+        ),
+    )

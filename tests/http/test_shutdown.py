@@ -1,0 +1,143 @@
+"""Graceful shutdown of the real server: drain first, finish what was accepted, then exit promptly."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from testkit.live_server import running_service
+
+EXIT_STATUSES = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
+
+
+def wait_exit(server, timeout: float) -> tuple[int, float]:
+    started = time.monotonic()
+    status = server.process.wait(timeout=timeout)
+    return status, time.monotonic() - started
+
+
+def test_sigterm_turns_ready_503_at_once_and_refuses_new_work(mean_model: Path, nih_png: Path) -> None:
+    delay = 1.5
+    with running_service(mean_model, CXR_DRAIN_DELAY_S=str(delay)) as server:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/ready").status_code == 200
+            signalled = time.monotonic()
+            server.terminate()
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and ready.json()["status"] == "draining"
+            assert time.monotonic() - signalled < 1.0
+            refused = client.post("/predict", files={"file": ("a.png", nih_png.read_bytes())})
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "not_ready"
+            assert int(refused.headers["retry-after"]) > 0
+            assert client.get("/live").status_code == 200  # alive while draining: no restart
+        status, _ = wait_exit(server, timeout=delay + 10)
+        assert status in EXIT_STATUSES
+        assert delay - 0.3 < time.monotonic() - signalled < delay + 6.0, "the listener closed too early or too late"
+        assert "draining" in server.log()
+
+
+def held_back(data: bytes, release: threading.Event, pieces: int = 40) -> Iterator[bytes]:
+    """A request body that stalls half-way until `release` is set: the request stays in flight."""
+    size = -(-len(data) // pieces)
+    for index, start in enumerate(range(0, len(data), size)):
+        if index == pieces // 2:
+            assert release.wait(timeout=30)
+        yield data[start : start + size]
+        time.sleep(0.01)
+
+
+def in_flight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("cxr_http_requests_in_flight ")))
+
+
+def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png: Path) -> None:
+    """Every request either completes (200) or is refused cleanly (503); none is cut mid-flight.
+
+    Clients behave like a load balancer: they stop sending once they have seen the service
+    draining. An upload held back half-way straddles the listener closing, so uvicorn's own
+    wait for in-flight requests is exercised too.
+    """
+    scan = nih_png.read_bytes()
+    delay = 1.0
+    env = {
+        "CXR_DRAIN_DELAY_S": str(delay),
+        "CXR_DRAIN_TIMEOUT_S": "20",
+        "CXR_MAX_BATCH": "2",
+        "CXR_INTRA_OP_THREADS": "1",
+        "CXR_MAX_QUEUE": "64",
+    }
+    outcomes: list[tuple[str, object, float, float]] = []  # (kind, detail, started, finished)
+    lock = threading.Lock()
+    stop = threading.Event()
+    signalled_at: list[float] = []
+
+    def record(kind: str, detail: object, started: float) -> None:
+        with lock:
+            outcomes.append((kind, detail, started, time.monotonic()))
+
+    def worker(url: str) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                response = httpx.post(f"{url}/predict", files={"file": ("a.png", scan)}, timeout=30)
+            except httpx.ConnectError:
+                record("not accepted", None, started)  # the listener is closed: nothing was lost
+                return
+            except httpx.TransportError as error:
+                record("cut", type(error).__name__, started)
+                return
+            code = response.json().get("error", {}).get("code") if response.status_code != 200 else None
+            if response.status_code == 503:
+                assert "retry-after" in response.headers
+            record(str(response.status_code), code, started)
+            if code == "not_ready":
+                return  # the service said it is draining: go elsewhere
+
+    release = threading.Event()
+
+    def slow_upload(url: str) -> None:
+        started = time.monotonic()
+        try:
+            response = httpx.post(
+                f"{url}/predict", content=held_back(scan, release), headers={"Content-Type": "image/png"}, timeout=30
+            )
+            record(f"slow {response.status_code}", None, started)
+        except httpx.TransportError as error:
+            record("cut", type(error).__name__, started)
+
+    with running_service(slow_model, **env) as server, ThreadPoolExecutor(9) as pool:
+        slow = pool.submit(slow_upload, server.url)
+        while in_flight(server.url) < 1:  # the slow upload is accepted and past the readiness check
+            time.sleep(0.02)
+        workers = [pool.submit(worker, server.url) for _ in range(8)]
+        while sum(1 for kind, *_ in outcomes if kind == "200") < 8:
+            time.sleep(0.02)
+        signalled_at.append(time.monotonic())
+        server.terminate()
+        time.sleep(delay + 0.5)  # the listener is closed now; only accepted requests remain
+        release.set()
+        for future in [*workers, slow]:
+            future.result(timeout=30)
+        stop.set()
+        status, _ = wait_exit(server, timeout=30)
+        exited_after = time.monotonic() - signalled_at[0]
+
+    kinds = [kind for kind, *_ in outcomes]
+    assert "cut" not in kinds, [o for o in outcomes if o[0] == "cut"]
+    assert set(kinds) <= {"200", "503", "not accepted", "slow 200"}, set(kinds)
+    assert {detail for kind, detail, *_ in outcomes if kind == "503"} <= {"not_ready", "overloaded"}
+    signalled = signalled_at[0]
+    in_flight_then_done = [o for o in outcomes if o[0] == "200" and o[2] < signalled < o[3]]
+    assert in_flight_then_done, "no request was in flight at SIGTERM: the test proved nothing"
+    assert "slow 200" in kinds  # accepted before SIGTERM, finished after the listener closed
+    assert any(detail == "not_ready" for _, detail, *_ in outcomes)
+    assert status in EXIT_STATUSES
+    assert exited_after < delay + 10.0
