@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import logging.config
 import sys
 from pathlib import Path
 
@@ -21,10 +20,12 @@ import uvicorn
 
 from service.http.app import create_app
 from service.http.auth import AuthConfigError
+from service.http.limits import limited_protocol
 from service.http.shutdown import DrainingServer
 from service.http.workers import serve_workers
-from service.logs import log_config
+from service.logs import configure_logging
 from service.model import ModelError
+from service.native_stderr import capture_native_stderr
 from service.settings import Settings
 from service.variant_choice import load_served_model
 
@@ -53,9 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         "workers": args.workers,
     }
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-    logging_config = log_config(settings.log_level, settings.log_format)
-    logging.config.dictConfig(logging_config)
-    logging.captureWarnings(True)  # library warnings become log lines in the same format
+    logging_config = configure_logging(settings.log_level, settings.log_format)
 
     try:
         served = load_served_model(settings)
@@ -68,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     except AuthConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    capture_native_stderr(app.state.service.metrics.native_stderr_lines.inc)
 
     config_options = {
         "host": settings.host,
@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> None:
         "access_log": False,  # service.requests logs each request once, with its id and error code
         "timeout_graceful_shutdown": settings.drain_timeout_s,  # uvicorn accepts a float
         "server_header": False,
+        "ws": "none",  # no WebSocket routes; uvicorn's WebSocket log lines would quote the query string
     }
     if settings.workers > 1:
         del app, served  # checked; each worker loads its own copy
         sys.exit(serve_workers(settings, config_options, settings.workers))
-    config = uvicorn.Config(app, **config_options)
+    config = uvicorn.Config(app, http=limited_protocol(settings), **config_options)
     DrainingServer(config, on_drain=app.state.service.drain, drain_delay_s=settings.drain_delay_s).run()
 
 

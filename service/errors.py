@@ -16,12 +16,16 @@ class ErrorCode(StrEnum):
     """Every code a client can receive (a StrEnum: members compare equal to their text)."""
 
     CLIENT_DISCONNECTED = "client_disconnected"  # never seen by the client; keeps aborted uploads out of 5xx alerts
+    BAD_REQUEST = "bad_request"  # not valid HTTP/1.1 (service/http/limits.py)
+    MISSING_HOST = "missing_host"  # HTTP/1.1 without exactly one Host header (RFC 9112)
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TIMEOUT = "request_timeout"  # the request head did not arrive in time
     PAYLOAD_TOO_LARGE = "payload_too_large"
     TOO_MANY_PIXELS = "too_many_pixels"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    HEADERS_TOO_LARGE = "headers_too_large"  # request head over its size or header-count limit
     MISSING_FILE = "missing_file"
     EMPTY_FILE = "empty_file"
     UNDECODABLE_IMAGE = "undecodable_image"

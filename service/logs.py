@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+Result = TypeVar("Result")
 
 # Fields a log call may attach with `extra={...}`; anything else stays out of the line.
 EXTRA_FIELDS = ("method", "route", "status", "duration_ms", "error_code", "client")
@@ -26,6 +29,26 @@ class RequestIdFilter(logging.Filter):
         if getattr(record, "request_id", None) is None:
             record.request_id = request_id_var.get()
         return True
+
+
+class ClientInputFilter(logging.Filter):
+    """A parser's complaint about an uploaded file is the client's problem, not a server error:
+    pydicom logs some malformed files at error level; they are logged as warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def in_request(request_id: str | None, function: Callable[..., Result], *args: object) -> Result:
+    """Call `function` stamped with `request_id`: decode threads and worker processes do not
+    inherit the event loop's context, so their log lines would carry no id."""
+    token = request_id_var.set(request_id)
+    try:
+        return function(*args)
+    finally:
+        request_id_var.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,7 +78,7 @@ def log_config(level: str = "info", log_format: str = "json") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": RequestIdFilter}},
+        "filters": {"request_id": {"()": RequestIdFilter}, "client_input": {"()": ClientInputFilter}},
         "formatters": {"default": formatter},
         "handlers": {
             "default": {
@@ -71,6 +94,14 @@ def log_config(level: str = "info", log_format: str = "json") -> dict[str, Any]:
             "uvicorn": {"handlers": [], "level": level.upper(), "propagate": True},
             "uvicorn.error": {"handlers": [], "level": level.upper(), "propagate": True},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": True},
-            "pydicom": {"handlers": [], "level": "ERROR", "propagate": True},
+            "pydicom": {"handlers": [], "level": "ERROR", "filters": ["client_input"], "propagate": True},
         },
     }
+
+
+def configure_logging(level: str = "info", log_format: str = "json") -> dict[str, Any]:
+    """Apply `log_config` to this process (the server, or a decode worker process) and return it."""
+    config = log_config(level, log_format)
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)  # library warnings become log lines in the same format
+    return config

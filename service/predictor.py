@@ -18,7 +18,6 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 from PIL import Image
@@ -27,6 +26,7 @@ from service.batching import MicroBatcher
 from service.decode.scan import ScanFacts
 from service.errors import ErrorCode, ServiceError
 from service.heatmap import RenderedHeatmap, render
+from service.logs import configure_logging, in_request, request_id_var
 from service.model import Model
 from service.prepare import Prepared, prepare
 from service.resources import available_cpus
@@ -75,10 +75,12 @@ def score_bytes(model: Model, data: bytes, *, max_pixels: int) -> Prediction:
     return Prediction(probability, model.contract.label(probability), prepared.image, 1, spent)
 
 
-def decode_pool(workers: int, *, processes: bool) -> Executor:
-    """Threads in this process, or spawned worker processes (never forked: ORT's threads exist)."""
+def decode_pool(workers: int, *, processes: bool, logging: tuple[str, str] = ("info", "json")) -> Executor:
+    """Threads in this process, or spawned worker processes (never forked: ORT's threads exist)
+    that log as the server does (`logging`: level and format)."""
     if processes:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        spawn = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=configure_logging, initargs=logging)
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
 
@@ -89,12 +91,22 @@ class Predictor:
     backlog is bounded too.
     """
 
-    def __init__(self, model: Model, batcher: MicroBatcher, *, decoders: Executor, workers: int, max_pixels: int) -> None:
+    def __init__(
+        self,
+        model: Model,
+        batcher: MicroBatcher,
+        *,
+        decoders: Executor,
+        workers: int,
+        max_pixels: int,
+        logging: tuple[str, str] = ("info", "json"),
+    ) -> None:
         self.model = model
         self.batcher = batcher
         self.max_pixels = max_pixels
         self._decoders = decoders
         self._workers = workers
+        self._logging = logging
 
     @classmethod
     def from_settings(cls, model: Model, batcher: MicroBatcher, settings: Settings) -> Predictor:
@@ -104,9 +116,10 @@ class Predictor:
         return cls(
             model,
             batcher,
-            decoders=decode_pool(workers, processes=processes),
+            decoders=decode_pool(workers, processes=processes, logging=(settings.log_level, settings.log_format)),
             workers=workers,
             max_pixels=settings.max_pixels,
+            logging=(settings.log_level, settings.log_format),
         )
 
     async def predict(self, data: bytes, *, heatmap: bool = False) -> Prediction:
@@ -115,10 +128,10 @@ class Predictor:
         loop = asyncio.get_running_loop()
         pool = self._decoders
         try:
-            prepared = await loop.run_in_executor(pool, partial(prepare, data, self.max_pixels))
+            prepared = await loop.run_in_executor(pool, in_request, request_id_var.get(), prepare, data, self.max_pixels)
         except BrokenProcessPool:  # a decode worker died (OOM kill, a crash in a codec): start afresh
             if self._decoders is pool:
-                self._decoders = decode_pool(self._workers, processes=True)
+                self._decoders = decode_pool(self._workers, processes=True, logging=self._logging)
                 pool.shutdown(wait=False, cancel_futures=True)
             raise ServiceError(ErrorCode.NOT_READY, "a decode worker stopped; retry shortly", retry_after=1) from None
         result = await self.batcher.submit(prepared.tensor, heatmap=heatmap)

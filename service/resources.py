@@ -1,4 +1,4 @@
-"""How many CPUs this process may really use: a container's quota, not the host's core count.
+"""How many CPUs and how much memory this process may really use: a container's limits, not the host's.
 
 ONNX Runtime and thread pools sized by `os.cpu_count()` oversubscribe a container that was
 given 2 CPUs on a 64-core host, and latency collapses. We take the smallest of the CPU
@@ -40,4 +40,25 @@ def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT) -> float | None:
             return None if quota_us <= 0 else quota_us / int(v1_period.read_text())
     except (OSError, ValueError):
         return None
+    return None
+
+
+# cgroup v1 reports "no limit" as a page-rounded 2**63 - 1; anything this large is no limit.
+UNLIMITED_BYTES = 1 << 60
+
+
+def cgroup_memory_limit(cgroup_root: Path = CGROUP_ROOT) -> int | None:
+    """The cgroup memory limit in bytes (v2 `memory.max`, v1 `memory.limit_in_bytes`), or None when there is none."""
+    for path in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            limit = int(text)
+        except ValueError:
+            return None
+        return None if limit >= UNLIMITED_BYTES else limit
     return None

@@ -48,7 +48,13 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="/predict requests in progress at once (receiving, decoding, queued, inferring) before new ones "
-        "get 503 overloaded without their body being read; bounds memory. Default: max_queue + 2 x max_batch.",
+        "get 503 overloaded without their body being read; bounds memory. Default: max_queue + 2 x max_batch, "
+        "lowered to fit the memory limit (service/memory.py).",
+    )
+    memory_limit_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory the process may use, for sizing admission (default: the cgroup limit; none: the fixed bound).",
     )
     decode_threads: int | None = Field(
         None,
@@ -65,6 +71,16 @@ class Settings(BaseSettings):
 
     # Input limits
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond).")
+    max_head_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request head (request line and headers) accepted (431 beyond)."
+    )
+    max_headers: int = Field(100, ge=8, description="Most header fields in one request (431 beyond).")
+    head_timeout_s: float = Field(
+        10.0, gt=0, description="Time a request head may take to arrive (408 and close); also the body's allowance."
+    )
+    min_body_rate: int = Field(
+        16 * 1024, ge=1, description="Bytes per second a request body must average after its allowance, else the connection closes."
+    )
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS, ge=65_536, description="Largest declared image (width x height) decoded (413 beyond)."
     )

@@ -7,7 +7,9 @@ can prove that none of them reaches a response or a log line.
 from __future__ import annotations
 
 import io
+import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +17,17 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
     JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
     generate_uid,
 )
@@ -122,10 +129,17 @@ def pillow_encapsulated_bytes(pixels: np.ndarray, syntax: UID, **options: object
 
 
 def gdcm_transcoded_bytes(pixels: np.ndarray, syntax: UID = JPEGLosslessSV1, **options: object) -> bytes:
-    """JPEG lossless (process 14, SV1), transcoded by GDCM (it has no in-memory API)."""
+    """JPEG lossless, JPEG extended, JPEG-LS or JPEG 2000, transcoded by GDCM (it has no in-memory API)."""
     import gdcm
 
-    names = {JPEGLosslessSV1: gdcm.TransferSyntax.JPEGLosslessProcess14_1}
+    names = {
+        JPEGLosslessSV1: gdcm.TransferSyntax.JPEGLosslessProcess14_1,
+        JPEGLossless: gdcm.TransferSyntax.JPEGLosslessProcess14,
+        JPEGExtended12Bit: gdcm.TransferSyntax.JPEGExtendedProcess2_4,
+        JPEGLSLossless: gdcm.TransferSyntax.JPEGLSLossless,
+        JPEGLSNearLossless: gdcm.TransferSyntax.JPEGLSNearLossless,
+        JPEG2000: gdcm.TransferSyntax.JPEG2000,
+    }
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "in.dcm", Path(folder) / "out.dcm"
         source.write_bytes(dicom_bytes(pixels, **options))
@@ -145,3 +159,14 @@ def gdcm_transcoded_bytes(pixels: np.ndarray, syntax: UID = JPEGLosslessSV1, **o
         if not writer.Write():
             raise RuntimeError("gdcm could not write")
         return target.read_bytes()
+
+
+def with_fragment(data: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    """An encapsulated single-frame file with its frame's fragment replaced by `change(fragment)`."""
+    item = data.index(b"\xff\xd8\xff") - 8  # the item header: tag (FFFE,E000), then its length
+    if data[item : item + 4] != b"\xfe\xff\x00\xe0":
+        raise ValueError("the frame is not the first fragment of an item")
+    (length,) = struct.unpack_from("<I", data, item + 4)
+    fragment = change(data[item + 8 : item + 8 + length])
+    fragment += b"\x00" * (len(fragment) % 2)  # items have even length
+    return data[: item + 4] + struct.pack("<I", len(fragment)) + fragment + data[item + 8 + length :]

@@ -22,6 +22,8 @@ PACKAGES = ("service", "cxr_client", "model_export", "benchmarks", "testkit", "t
 CORE = [
     "service.errors",
     "service.settings",
+    "service.memory",
+    "service.native_stderr",
     "service.decode",
     "service.decode.png",
     "service.decode.jpeg",

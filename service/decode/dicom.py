@@ -5,10 +5,10 @@ high bits and sign-extends per BitsStored/PixelRepresentation) -> Modality LUT (
 slope/intercept or LUT) -> VOI LUT or window -> MONOCHROME1 inverted. Only single-frame
 grayscale projection radiographs are accepted.
 
-Compressed pixel data is decoded by pydicom's plugins: RLE natively, JPEG 2000 by Pillow,
-JPEG lossless, JPEG-LS and 12-bit JPEG by GDCM (python-gdcm, BSD); JPEG baseline by
-libjpeg-turbo in strict mode (service/decode/jpeg.py), which refuses corrupt data. docs/security.md
-says why these and not the GPL-licensed libjpeg plugin.
+Compressed pixel data is decoded by pydicom's plugins: RLE natively; JPEG lossless, JPEG-LS
+and JPEG 2000 by GDCM (python-gdcm, BSD; Pillow too for JPEG 2000). 8-bit JPEG baseline and
+extended go to libjpeg-turbo in strict mode (service/decode/jpeg.py), which refuses corrupt data;
+12-bit JPEG is refused. docs/security.md says why these and not the GPL-licensed libjpeg plugin.
 
 Nothing here reads or returns patient identifiers: the SOP Instance UID is the only
 identifier a response may echo, and only when it is a well-formed UID.
@@ -25,12 +25,13 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, RLELossless
 
 from service.decode.formats import has_dicom_preamble
 from service.decode.jpeg import decode_pixels
 from service.decode.scan import DecodedScan, check_declared_size, decoded
 from service.errors import ErrorCode, ServiceError
+from service.native_stderr import capturing_stderr
 
 # Element values are validated lazily and reported as warnings that quote the offending
 # value, which may be a patient name: never let them reach stderr or the logs.
@@ -41,6 +42,11 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 XRAY_MODALITIES = {"CR", "DX", "DR", "RG", "OT"}
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MAX_UID_LENGTH = 64
+# libjpeg's warnings about missing or corrupt data, which GDCM prints to stderr and then
+# reports success with the rest of the frame grey (JWRN_* in libjpeg's jerror.h).
+CORRUPT_DATA_WARNING = re.compile(
+    rb"Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression sequence"
+)
 
 
 def decode(data: bytes, *, max_pixels: int) -> DecodedScan:
@@ -55,6 +61,7 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedScan:
     photometric = check_header(dataset, max_pixels=max_pixels)
     try:
         stored = stored_values(dataset)
+        padding = padding_mask(stored, dataset)
         values = apply_voi_lut(apply_modality_lut(stored, dataset), dataset)
     except ServiceError:
         raise
@@ -62,13 +69,20 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedScan:
         raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM pixel data could not be decoded") from error
     if values.shape != (int(dataset.Rows), int(dataset.Columns)):
         raise ServiceError(ErrorCode.UNSUPPORTED_IMAGE, f"expected one 2-D frame, got shape {values.shape}")
+    if padding is not None and padding.all():
+        raise ServiceError(ErrorCode.BLANK_IMAGE, "every pixel is padding")
+    real = values if padding is None else values[~padding]
+    low, high = real.min(), real.max()
 
     if photometric == "MONOCHROME1":
         # Minimum is white: reflect about the image's range so bone is bright, as in the PNG
         # exports. Reflecting about the full output range instead would only shift values by a
         # constant, which the per-image min-max normalisation removes.
-        values = np.asarray(values, dtype=np.float64)
-        values = values.max() + values.min() - values
+        values = high + low - np.asarray(values, dtype=np.float64)
+    if padding is not None:
+        # Padding is not anatomy: left in, it stretches the min-max normalisation. It becomes
+        # the image's real minimum, which is what the square padding of preprocessing adds too.
+        values = np.where(padding, low, values)
 
     try:
         uid = safe_uid(dataset.get("SOPInstanceUID"))
@@ -78,12 +92,34 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedScan:
 
 
 def stored_values(dataset: Dataset) -> np.ndarray:
-    """The frame's stored values. JPEG Baseline goes through the strict decoder: GDCM and Pillow
-    decode a truncated JPEG frame as grey and report success."""
-    if dataset.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:
+    """The frame's stored values. 8-bit JPEG goes through the strict decoder: GDCM and Pillow
+    decode a truncated JPEG frame as grey and report success. 12-bit JPEG Extended is refused:
+    GDCM's own API decodes it, but only reports corrupt data as text on stderr, and it turned
+    black pixels white in our tests (docs/security.md). GDCM's other JPEG decoders (lossless)
+    print libjpeg's warnings to stderr the same way: they are captured and refused."""
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):
+        if int(dataset.BitsStored) > 8:
+            raise ServiceError(
+                ErrorCode.UNSUPPORTED_IMAGE, "12-bit JPEG Extended DICOM is not accepted; send it lossless or uncompressed"
+            )
         frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
         return decode_pixels(frame, "GRAY")[:, :, 0]
-    return dataset.pixel_array
+    if not syntax.is_compressed or syntax == RLELossless:  # pydicom's own decoders: nothing on stderr
+        return dataset.pixel_array
+    stored, complaints = capturing_stderr(lambda: dataset.pixel_array)  # serialised: only GDCM's syntaxes
+    if CORRUPT_DATA_WARNING.search(complaints):
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM's compressed frame is truncated or corrupt")
+    return stored
+
+
+def padding_mask(stored: np.ndarray, dataset: Dataset) -> np.ndarray | None:
+    """Where the stored values are Pixel Padding Value, or within Pixel Padding Range Limit (PS3.3 C.7.5.1.1.2)."""
+    value = dataset.get("PixelPaddingValue")
+    if value is None:
+        return None
+    limit = dataset.get("PixelPaddingRangeLimit", value)
+    return (stored >= min(value, limit)) & (stored <= max(value, limit))
 
 
 def check_transfer_syntax(data: bytes, has_preamble: bool) -> None:

@@ -39,6 +39,7 @@ from service.http.schemas import (
 )
 from service.http.ui import UI_PATHS, add_ui_routes
 from service.http.uploads import read_upload
+from service.memory import admission_limit
 from service.model import Model
 from service.predictor import Prediction, Predictor
 from service.settings import Settings
@@ -76,7 +77,7 @@ class ServiceState:
         self.served: ServedModel | None = None
         self.predictor: Predictor | None = None
         self.metrics = Metrics()
-        self.admission = Admission(settings.max_in_flight or settings.max_queue + 2 * settings.max_batch)
+        self.admission = Admission(admission_limit(settings))
         self.metrics.is_ready = lambda: self.readiness.ready
 
     def drain(self) -> None:

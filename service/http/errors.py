@@ -19,12 +19,16 @@ logger = logging.getLogger("service")
 # Every code a client can receive; the framework's other HTTP errors answer `http_error` with their own status.
 STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.CLIENT_DISCONNECTED: 400,
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.MISSING_HOST: 400,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.TOO_MANY_PIXELS: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.MISSING_FILE: 422,
     ErrorCode.EMPTY_FILE: 422,
     ErrorCode.UNDECODABLE_IMAGE: 422,

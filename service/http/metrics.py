@@ -84,6 +84,11 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="max",
         )
+        self.native_stderr_lines = Counter(
+            "cxr_native_stderr_lines",
+            "Lines a C library (GDCM, a codec) wrote to stderr, relayed into the JSON log as warnings.",
+            registry=self.registry,
+        )
 
     def watch(self, batcher: MicroBatcher, model: Model) -> None:
         """Follow a started service: batch sizes and durations, its queue, and its model's identity."""

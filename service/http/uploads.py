@@ -108,11 +108,30 @@ class _FileCollector:
         self._is_file_part = False
 
 
+async def _without_preamble(chunks: AsyncIterator[bytes], boundary: bytes) -> AsyncIterator[bytes]:
+    """The body from its first boundary line on: RFC 2046 allows a preamble before it, which
+    python-multipart refuses. A body without any boundary is passed on whole, for the parser to refuse."""
+    delimiter = b"\r\n--" + boundary
+    pending = b"\r\n"  # the first boundary may open the body, with no line break before it
+    async for chunk in chunks:
+        pending += chunk
+        found = pending.find(delimiter)
+        if found >= 0:
+            yield pending[found + 2 :]
+            break
+        pending = pending[-len(delimiter) :]  # a delimiter may straddle two chunks
+    else:
+        yield pending[2:]
+        return
+    async for chunk in chunks:
+        yield chunk
+
+
 async def _read_multipart_file(boundary: bytes, body: AsyncIterator[bytes], max_bytes: int) -> bytes:
     collector = _FileCollector()
     try:
         parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
-        async for chunk in _bounded(body, max_bytes):
+        async for chunk in _without_preamble(_bounded(body, max_bytes), boundary):
             parser.write(chunk)
         parser.finalize()
     except FormParserError as error:

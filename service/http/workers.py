@@ -82,8 +82,10 @@ def run_worker(settings: Settings, config_options: dict[str, Any], sock: socket.
     import logging.config
 
     from service.http.app import create_app
+    from service.http.limits import limited_protocol
     from service.http.shutdown import DrainingServer
     from service.model import ModelError
+    from service.native_stderr import capture_native_stderr
     from service.variant_choice import load_served_model
 
     os.setpgrp()  # Ctrl-C reaches the parent only, which passes it on once (a second signal would cut the drain short)
@@ -95,8 +97,9 @@ def run_worker(settings: Settings, config_options: dict[str, Any], sock: socket.
         print(f"error: model refused: {error}", file=sys.stderr)
         sys.exit(2)
     app = create_app(settings, served=served)
+    capture_native_stderr(app.state.service.metrics.native_stderr_lines.inc)
     logger.info("worker %d serving the %s variant: %s", os.getpid(), served.variant, served.reason)
-    config = uvicorn.Config(app, **config_options)
+    config = uvicorn.Config(app, http=limited_protocol(settings), **config_options)
     DrainingServer(config, on_drain=app.state.service.drain, drain_delay_s=settings.drain_delay_s).run(sockets=[sock])
 
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from pydicom.uid import JPEGBaseline8Bit
 
 from service.decode import decode
-from testkit.dicom_factory import pillow_encapsulated_bytes
+from testkit.dicom_factory import pillow_encapsulated_bytes, with_fragment
 from testkit.images import encode
 from testkit.live_server import running_service
 
@@ -80,13 +80,7 @@ def test_corrupt_jpeg_is_refused(server: str, real_jpeg: bytes, corruption: str)
 def test_corrupt_jpeg_inside_dicom_is_refused(server: str, real_scan: np.ndarray) -> None:
     good = pillow_encapsulated_bytes(real_scan, JPEGBaseline8Bit)
     assert post(server, good).status_code == 200  # positive control: the same container, intact
-    item = good.index(b"\xff\xd8\xff") - 8  # the fragment's item header: tag (FFFE,E000), length
-    assert good[item : item + 4] == b"\xfe\xff\x00\xe0"
-    (length,) = struct.unpack_from("<I", good, item + 4)
-    frame = good[item + 8 : item + 8 + length]
-    broken = cut(frame) + EOI
-    broken += b"\x00" * (len(broken) % 2)  # items have even length
-    data = good[: item + 4] + struct.pack("<I", len(broken)) + broken + good[item + 8 + length :]
+    data = with_fragment(good, lambda frame: cut(frame) + EOI)
     response = post(server, data)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "undecodable_image"
