@@ -79,8 +79,7 @@ def export_run(
     network, checkpoint = load_trained(run / "best.pt")
     metadata = contract_metadata(
         threshold=report["threshold"]["value"],
-        model_name=model_name or f"cxr-effusion-{run.resolve().name}",
-        model_version=model_version or DEV_VERSION,
+        **identity(run, model_name, model_version),
         threshold_rule=report["threshold"]["rule"],
         training_data={
             "data": config.data,
@@ -97,6 +96,11 @@ def export_run(
     )
     samples = (split.test + split.val)[:parity_images]
     return export_model(network, output, metadata, parity_batch(samples), opset=opset, tolerance=tolerance)
+
+
+def identity(run: Path, model_name: str | None, model_version: str | None) -> dict[str, str]:
+    """The contract's name and version: as given, else `cxr-effusion-<run folder>` `0.0.0-dev`, never the shipped model's."""
+    return {"model_name": model_name or f"cxr-effusion-{run.resolve().name}", "model_version": model_version or DEV_VERSION}
 
 
 def export_model(

@@ -28,7 +28,7 @@ from sklearn.metrics import roc_curve
 
 from model_export.cv import read_oof, target_matrix, trains_on
 from model_export.errors import ExportError
-from model_export.export import ExportResult, export_model, exporter_versions
+from model_export.export import ExportResult, export_model, exporter_versions, identity
 from model_export.fit import effusion_index, fit, output_names
 from model_export.network import binary_head, build_network
 from model_export.pool import MAX_PIXELS, downsample, pool_tensors, read_pool, scan_tensor
@@ -196,8 +196,8 @@ def export_final(
     cv_run: Path,
     output: Path,
     *,
-    model_name: str,
-    model_version: str,
+    model_name: str | None = None,
+    model_version: str | None = None,
     roots: list[Path] | None = None,
     parity_images: int = 8,
 ) -> ExportResult:
@@ -228,8 +228,7 @@ def export_final(
     }  # fmt: skip
     metadata = contract_metadata(
         threshold=calibration["threshold"],
-        model_name=model_name,
-        model_version=model_version,
+        **identity(run, model_name, model_version),
         threshold_rule=calibration["threshold_rule"],
         calibration=calibration["platt"],
         training_data={

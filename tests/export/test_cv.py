@@ -206,6 +206,7 @@ def test_fit_export_serve_applies_the_cv_calibration_and_reproduces_its_weights(
         main(["export", str(run), "--output", str(model)])
     main(["export", str(run), "--cv", str(cv_run), "--output", str(model), "--model-version", "0.0.1-test", *data])
     served = load_model(model, policy="cpu")
+    assert (served.contract.model_name, served.contract.model_version) == ("cxr-effusion-final", "0.0.1-test")  # never the shipped name
     calibration = calibration_from_cv(cv_run)
     assert served.contract.threshold == pytest.approx(calibration["threshold"])
     training = served.contract.metadata["training_data"]
