@@ -106,9 +106,14 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """Debian's Chromium through Playwright (no browser download); missing, it fails under CI and skips elsewhere."""
+    """Debian's Chromium through Playwright (no browser download); missing, it fails under CI and skips elsewhere.
+
+    Module-scoped on purpose: Playwright's sync API keeps an asyncio loop running in the main
+    thread while it is open, which breaks every later `asyncio.run()` (tests/test_batching.py)
+    and any second Playwright start, so it must close with the module that used it.
+    """
     sync_api = require_module("playwright.sync_api")
     if CHROMIUM is None:
         if os.environ.get("CI"):

@@ -113,7 +113,7 @@ def test_the_real_service_serves_the_exported_model(pipeline: Pipeline) -> None:
     assert body["threshold"] == pytest.approx(pipeline.report["threshold"]["value"])
     expected = "effusion" if body["effusion_probability"] >= body["threshold"] else "no_effusion"
     assert body["label"] == expected
-    assert body["model"]["name"] == "cxr-effusion-resnet18"
+    assert body["model"]["name"] == "cxr-effusion-run"
 
 
 def test_the_service_refuses_the_model_exported_under_another_preprocessing_id(
