@@ -94,3 +94,16 @@ def wait_until(answers: Callable[[], bool], process: subprocess.Popen[bytes], lo
         if time.monotonic() > deadline:
             raise AssertionError(f"{process.args[0]} not answering within {timeout} s:\n{log()}")
         time.sleep(0.05)
+
+
+def metric(url: str, name: str, /, **labels: str) -> float:
+    """One sample of a running service's /metrics (0 when absent); with several workers, their sum."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return sample.value
+    return 0.0

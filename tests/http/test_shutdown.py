@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testkit.live_server import running_service
+from testkit.live_server import metric, running_service
 
 EXIT_STATUSES = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
 
@@ -148,6 +148,10 @@ def test_two_workers_each_finish_what_they_accepted_after_sigterm(slow_model: Pa
     """The parent passes SIGTERM on; the worker holding a half-received upload finishes it after its listener closed."""
     scan, release = nih_png.read_bytes(), threading.Event()
     with running_service(slow_model, ready_timeout=240, CXR_WORKERS="2", CXR_DRAIN_DELAY_S="0.5") as server, ThreadPoolExecutor(1) as pool:
+        deadline = time.monotonic() + 60
+        while metric(server.url, "cxr_ready") < 2:  # the port answers once one worker is ready; wait for both
+            assert time.monotonic() < deadline, "the second worker never turned ready"
+            time.sleep(0.1)
         slow = pool.submit(
             httpx.post, f"{server.url}/predict", content=held_back(scan, release), headers={"Content-Type": "image/png"}, timeout=60
         )

@@ -8,24 +8,14 @@ import time
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.live_server import REPO_ROOT, free_port, running_service
+from testkit.live_server import REPO_ROOT, free_port, metric, running_service
 
 
 def worker_pids(parent: int) -> set[int]:
     """The service processes the parent started (its multiprocessing helpers left out)."""
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     return {int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()}
-
-
-def metric(url: str, name: str, /, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and labels.items() <= sample.labels.items():
-                return sample.value
-    return 0.0
 
 
 def test_two_workers_each_load_the_model_turn_ready_and_share_their_metrics(mean_model: Path, nih_png: Path) -> None:
