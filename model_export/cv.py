@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -212,7 +211,7 @@ def per_fold(scans: Sequence[Scan], fold_of: np.ndarray, scores: dict[str, np.nd
         mask = binary & (fold_of == fold)
         rows.append(
             {"fold": fold, "scans": int(mask.sum()), "effusion": int(labels[mask].sum())}
-            | {name: float(roc_auc_score(labels[mask], values[mask])) for name, values in scores.items()}
+            | {name: auroc(labels[mask], values[mask]) for name, values in scores.items()}
         )
     return rows
 

@@ -30,13 +30,12 @@ from model_export.errors import DataError
 from service.errors import ServiceError
 from service.prepare import prepare
 from service.preprocessing import OUTPUT_SIZE, PREPROCESSING_ID
-from service.settings import Settings
+from service.settings import DEFAULT_MAX_PIXELS
 
 CLASS_FOLDERS = ("nofinding", "effusion")  # index = the network's class index
 NIH_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 SIMPLE_COLUMNS = ("filename", "label", "patient_id")
 NIH_NAME = re.compile(r"^(\d{8})_\d{3}")
-MAX_PIXELS = Settings.model_fields["max_pixels"].default  # the service's own decode limit
 
 
 @dataclass(frozen=True)
@@ -256,7 +255,7 @@ def load_tensors(samples: Sequence[Sample], *, cache_dir: Path | None = None, wo
 def read_tensor(path: Path) -> tuple[np.ndarray | None, str | None]:
     """(tensor [1, 256, 256], None) or (None, why the file cannot be used)."""
     try:
-        return prepare(path.read_bytes(), MAX_PIXELS).tensor[0], None
+        return prepare(path.read_bytes(), DEFAULT_MAX_PIXELS).tensor[0], None
     except ServiceError as error:
         return None, f"{error.code}: {error.message}"
     except OSError as error:

@@ -31,10 +31,11 @@ from model_export.errors import ExportError
 from model_export.export import ExportResult, export_model, exporter_versions, identity
 from model_export.fit import effusion_index, fit, output_names
 from model_export.network import binary_head, build_network
-from model_export.pool import MAX_PIXELS, downsample, pool_tensors, read_pool, scan_tensor
+from model_export.pool import downsample, pool_tensors, read_pool, scan_tensor
 from model_export.recipes import Recipe
 from service.model import contract_metadata
 from service.preprocessing import OUTPUT_SIZE
+from service.settings import DEFAULT_MAX_PIXELS
 
 THRESHOLD_RULE = "Youden's J (max sensitivity + specificity - 1) on calibrated out-of-fold probabilities, effusion vs all other scans"
 CALIBRATION_RULE = "Platt scaling, sigmoid(a * logit + b), fitted on the recipe's out-of-fold logits (effusion vs all other scans)"
@@ -288,7 +289,7 @@ def write_scores(model: Path, roots: list[Path], output: Path) -> int:
     for scan in read_pool(roots):
         if scan.width >= OUTPUT_SIZE:
             path = Path(scan.path)
-            probability = score_bytes(served, path.read_bytes(), max_pixels=MAX_PIXELS).probability
+            probability = score_bytes(served, path.read_bytes(), max_pixels=DEFAULT_MAX_PIXELS).probability
             rows.append(f"{path.parent.parent.name}/{path.parent.name}/{path.name},{scan.label},{probability:.7f}")
     output.write_text("file,label,probability\n" + "\n".join(rows) + "\n")
     return len(rows)

@@ -30,7 +30,7 @@ from model_export.errors import DataError
 from service.decode import decode
 from service.errors import ServiceError
 from service.preprocessing import OUTPUT_SIZE, PREPROCESSING_ID, preprocess
-from service.settings import Settings
+from service.settings import DEFAULT_MAX_PIXELS
 
 # NIH ChestX-ray14's findings, in the order of the multi-label head (Wang et al. 2017).
 FINDINGS = (
@@ -39,7 +39,6 @@ FINDINGS = (
 )  # fmt: skip
 EFFUSION = FINDINGS.index("Effusion")
 LABELS = ("nofinding", "effusion", "other")
-MAX_PIXELS = Settings.model_fields["max_pixels"].default
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ def read_pool(roots: Sequence[Path], nih_labels: Path | None = None) -> list[Sca
 
 def scan_tensor(path: Path) -> np.ndarray:
     """The service's tensor [1, 256, 256] of one file; a smaller square scan is first pixel-repeated to 256."""
-    decoded = decode(path.read_bytes(), max_pixels=MAX_PIXELS)
+    decoded = decode(path.read_bytes(), max_pixels=DEFAULT_MAX_PIXELS)
     pixels = decoded.pixels
     side = min(pixels.shape)
     if side < OUTPUT_SIZE and OUTPUT_SIZE % side == 0 and pixels.shape[0] == pixels.shape[1]:

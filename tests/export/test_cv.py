@@ -24,7 +24,7 @@ torch = require_module("torch")
 from model_export.__main__ import main
 from model_export.cv import assign_folds, auroc, read_oof
 from model_export.errors import DataError
-from model_export.final import calibration_from_cv, expected_calibration_error, platt, sigmoid
+from model_export.final import calibration_from_cv, expected_calibration_error, final_variants, platt, sigmoid
 from model_export.fit import predict_logits
 from model_export.network import binary_head, build_network
 from model_export.pool import EFFUSION, FINDINGS, downsample, read_pool, scan_tensor
@@ -232,9 +232,10 @@ def test_fit_export_serve_applies_the_cv_calibration_and_reproduces_its_weights(
     assert score_bytes(load_model(model, policy="cpu"), path.read_bytes(), max_pixels=25_000_000).probability == pytest.approx(
         float(recorded[0]["probability"]), abs=1e-6
     )
-    main(["variants", str(run), "--model", str(model), "--variant", "fp16", *data, *cache])
+    (report,) = final_variants(model, roots, variants=("fp16",), cache_dir=cv_run.parent / "cache")
     fp16 = model.with_suffix(".fp16.onnx")
-    if fp16.exists():  # offered only when the guard holds; either way the source is named in its metadata
+    assert report.images == 30 and fp16.exists() == report.offered == (abs(report.auroc - report.fp32_auroc) <= 0.005)
+    if report.offered:  # a written variant names the file it came from
         assert load_model(fp16, policy="cpu").contract.metadata["variant"]["source_sha256"] == load_model(model, policy="cpu").sha256
 
 
