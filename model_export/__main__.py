@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_pool_options(cv)
     cv.add_argument("--output", type=Path, required=True, help="run directory (recipe.json, fold-K.npz, oof.csv, report.json)")
     cv.add_argument("--folds", type=int, default=5, help="K")
+    cv.add_argument("--fold", type=int, action="append", dest="only_folds", metavar="I",
+                    help="train only fold I (0..K-1, as in fold-I.npz); repeatable. Several processes or machines can share one run "
+                    "this way; a run without --fold then writes the report from the kept folds")  # fmt: skip
     cv.add_argument("--bootstrap", type=int, default=2000, help="patient-level bootstrap resamples for the intervals")
 
     fit = commands.add_parser(
@@ -196,8 +199,10 @@ def run_cv(args: argparse.Namespace) -> None:
     report = cross_validate(
         args.data, recipe, args.output, recipe_name=args.recipe + "".join(f" {item}" for item in args.set),
         nih_labels=args.nih_labels, folds=args.folds, seed=args.seed, cache_dir=args.cache_dir,
-        resamples=args.bootstrap, command=args.command_line,
+        resamples=args.bootstrap, command=args.command_line, only_folds=args.only_folds,
     )  # fmt: skip
+    if report is None:
+        return
     row = report["oof"]["effusion_vs_nofinding"]
     print(
         f"OOF AUROC effusion vs no finding {row['cnn']['auroc']:.3f} ({row['cnn']['ci95'][0]:.3f}-{row['cnn']['ci95'][1]:.3f}); "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -138,11 +139,14 @@ def run_cv(
     cache_dir: Path | None = None,
     resamples: int = 2000,
     command: str = "",
+    only_folds: Sequence[int] | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Cross-validate `recipe`; write recipe.json, oof.csv and report.json into `output`; return the report.
 
     Each finished fold is kept (`fold-K.npz`), so an interrupted run resumes where it stopped.
+    `only_folds` trains just those folds (several processes or machines can share one run's folds);
+    the report is written, and returned, once every fold's file exists.
     """
     started = time.monotonic()
     output.mkdir(parents=True, exist_ok=True)
@@ -162,10 +166,14 @@ def run_cv(
     masked = np.zeros(len(scans), dtype=np.float32)
     reference = np.zeros(len(scans), dtype=np.float64)
     fold_minutes = []
+    missing = []
     for fold in range(folds):
         held_out = np.flatnonzero(fold_of == fold)
         train = np.flatnonzero((fold_of != fold) & usable)
         saved = output / f"fold-{fold}.npz"
+        if not saved.exists() and only_folds is not None and fold not in only_folds:
+            missing.append(fold)
+            continue
         if saved.exists():
             kept = np.load(saved)
             logits[held_out], masked[held_out], minutes = kept["logits"], kept["masked"], float(kept["minutes"])
@@ -176,10 +184,16 @@ def run_cv(
             corners = mask_top_corners(torch.from_numpy(images[held_out]), recipe.resolution).numpy()
             masked[held_out] = predict_logits(network, corners, index=index)
             minutes = (time.monotonic() - fold_started) / 60
-            np.savez(saved, logits=logits[held_out], masked=masked[held_out], minutes=minutes)
+            partial = saved.with_suffix(f".{os.getpid()}.partial")
+            with partial.open("wb") as stream:  # a whole file or none: another process may be reading the folder
+                np.savez(stream, logits=logits[held_out], masked=masked[held_out], minutes=minutes)
+            partial.replace(saved)
         reference[held_out] = reference_scores(thumbnails, labels, np.flatnonzero(fold_of != fold), held_out)
         fold_minutes.append(minutes)
         log(f"fold {fold + 1}/{folds}: {len(train)} training scans, {len(held_out)} scored, {minutes:.1f} min")
+    if missing:
+        log(f"folds {', '.join(str(fold + 1) for fold in missing)} of {folds} not trained yet: rerun without --fold once they are, for the report")
+        return None
 
     write_oof(output / "oof.csv", scans, fold_of, logits, masked, reference)
     scores = {"cnn": logits, "cnn_top_corners_masked": masked, "reference": reference}

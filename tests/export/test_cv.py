@@ -97,6 +97,19 @@ def test_an_interrupted_cv_run_resumes_from_its_finished_folds(cv_run: Path, roo
     assert (cv_run / "oof.csv").read_text() == before  # the refitted fold reproduces its logits exactly
 
 
+def test_fold_option_trains_only_its_fold_and_the_report_waits_for_all(cv_run: Path, roots: list[Path], tmp_path: Path) -> None:
+    shared = tmp_path / "shared-run"
+    args = ["cv", *sum((["--data", str(root)] for root in roots), []), "--output", str(shared), "--folds", "3", "--bootstrap", "200"]
+    args += ["--recipe", "findings-aug-ema", *FAST, "--cache-dir", str(cv_run.parent / "cache")]
+    main([*args, "--fold", "1"])
+    assert sorted(path.name for path in shared.glob("fold-*")) == ["fold-1.npz"]
+    assert not (shared / "report.json").exists()
+    for fold in (0, 2):  # as a second process (or machine) would; here from the first run's kept files
+        (shared / f"fold-{fold}.npz").write_bytes((cv_run / f"fold-{fold}.npz").read_bytes())
+    main(args)
+    assert (shared / "oof.csv").read_text() == (cv_run / "oof.csv").read_text()
+
+
 def test_folds_are_stratified_by_label_and_grouped_by_patient(roots: list[Path]) -> None:
     scans = read_pool(roots)
     folds = assign_folds(scans, 3, seed=0)
