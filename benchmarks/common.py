@@ -54,15 +54,15 @@ def answers(url: str) -> bool:
 class Server:
     """A server process started for one benchmark, stopped afterwards."""
 
-    def __init__(self, command: list[str], env: dict[str, str], ready_url: str) -> None:
-        self.command, self.env, self.ready_url = command, env, ready_url
+    def __init__(self, command: list[str], env: dict[str, str], ready_url: str, cwd: Path = REPO_ROOT) -> None:
+        self.command, self.env, self.ready_url, self.cwd = command, env, ready_url, cwd
         self.process: subprocess.Popen[bytes] | None = None
         self.log = tempfile.TemporaryFile()
 
     def __enter__(self) -> Server:
         if answers(self.ready_url):  # a stale server would be measured in place of this one
             raise RuntimeError(f"something already answers at {self.ready_url}: stop it first")
-        self.process = subprocess.Popen(self.command, env={**os.environ, **self.env}, cwd=REPO_ROOT, stdout=self.log, stderr=self.log)
+        self.process = subprocess.Popen(self.command, env={**os.environ, **self.env}, cwd=self.cwd, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -33,7 +33,8 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
     batch = max(raw["fp32"], key=lambda size: raw["fp32"][size])
     speedup = raw["int8"][batch] / raw["fp32"][batch]
     check(f"INT8 / FP32 raw inference throughput (batch {batch})", speedup, ">= 2", speedup >= 2)
-    for system, variant in (("service int8, 1 ORT thread", "int8"), ("service int8", "int8"), ("service fp32", "fp32")):
+    systems = (("service default (make serve)", "int8"), ("service int8, 1 ORT thread", "int8"), ("service int8", "int8"), ("service fp32", "fp32"))
+    for system, variant in systems:
         service = find(load, system, 16)
         naive = find(load, "naive FastAPI", 16)
         triton = find(load, "Triton (PyTriton)", 16)
@@ -53,6 +54,9 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
         lone = find(load, system, 1)
         if lone and lone.get("p50_ms") is not None:
             check(f"{system} p50 of a lone request (ms)", lone["p50_ms"], "<= 15", lone["p50_ms"] <= 15)
+    one, two = find(load, "service int8", 16), find(load, "service int8, --workers 2", 16)
+    if one and two:
+        check("service int8: --workers 2 / one process at c=16", two["ok_rps"] / one["ok_rps"], "reported", None)
     return rows
 
 

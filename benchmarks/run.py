@@ -198,8 +198,14 @@ def end_to_end(model: Path, scans: list[bytes], args: argparse.Namespace, work: 
         systems.append(("Triton (PyTriton)", triton, "http://127.0.0.1:8110/v2/models/cxr/infer", body, args.concurrency))
     else:
         log("Triton skipped: no --triton-python interpreter (see benchmarks/requirements.txt)")
-    # (e) two uvicorn worker processes with one ORT thread and one decode thread each
+    # what `make serve` runs: the shipped model, no settings (CXR_MODEL_VARIANT=auto serves its INT8 sibling on CPU)
+    default = Server([python, "-m", "service"], {"CXR_PORT": "8106"}, "http://127.0.0.1:8106/ready")
+    systems.append(("service default (make serve)", default, "http://127.0.0.1:8106/predict", multipart, args.concurrency))
+    # (e) two worker processes with one ORT thread and one decode thread each: the service's own
+    # `--workers 2` (model check, drain, aggregated metrics) and plain uvicorn workers
     env = service_env(model, "int8", CXR_INTRA_OP_THREADS="1", CXR_DECODE_THREADS="1")
+    own = Server([python, "-m", "service", "--workers", "2"], {**env, "CXR_PORT": "8107"}, "http://127.0.0.1:8107/ready")
+    systems.append(("service int8, --workers 2", own, "http://127.0.0.1:8107/predict", multipart, [16]))
     workers = Server([python, "-m", "uvicorn", "--factory", "service.http.app:create_app", "--port", "8104", "--workers", "2"], env, "http://127.0.0.1:8104/ready")
     systems.append(("service int8, 2 uvicorn workers", workers, "http://127.0.0.1:8104/predict", multipart, [16]))
 
