@@ -67,7 +67,11 @@ class Prediction:
 def score_bytes(model: Model, data: bytes, *, max_pixels: int) -> Prediction:
     """Score one scan synchronously, without a server or batcher."""
     started = time.perf_counter()
-    prepared = prepare(data, max_pixels)
+    return score_prepared(model, prepare(data, max_pixels), started=started)
+
+
+def score_prepared(model: Model, prepared: Prepared, *, started: float) -> Prediction:
+    """Score one prepared scan synchronously; `started` is when its decoding began (perf_counter)."""
     inference_started = time.perf_counter()
     probability = float(model.predict(prepared.tensor)[0])
     inference_ms = (time.perf_counter() - inference_started) * 1000.0

@@ -14,7 +14,7 @@ import numpy as np
 
 import service.decode.dicom  # noqa: F401  # pydicom and its plugins load with the worker (~0.2 s), not on the first DICOM upload
 from service.decode import decode
-from service.decode.scan import ScanFacts
+from service.decode.scan import DecodedScan, ScanFacts
 from service.preprocessing import preprocess
 
 
@@ -32,7 +32,11 @@ def prepare(data: bytes, max_pixels: int) -> Prepared:
     """Decode and preprocess one upload (pure; raises ServiceError on bad input)."""
     started = time.perf_counter()
     scan = decode(data, max_pixels=max_pixels)
-    decoded = time.perf_counter()
+    return prepare_scan(scan, decode_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def prepare_scan(scan: DecodedScan, *, decode_ms: float = 0.0) -> Prepared:
+    """Preprocess a scan already decoded, for a caller that also needs its pixels and decodes only once."""
+    started = time.perf_counter()
     tensor = preprocess(scan.pixels)
-    finished = time.perf_counter()
-    return Prepared(scan.facts, tensor, (decoded - started) * 1000.0, (finished - decoded) * 1000.0)
+    return Prepared(scan.facts, tensor, decode_ms, (time.perf_counter() - started) * 1000.0)

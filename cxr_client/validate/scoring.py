@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import httpx
     import numpy as np
 
+    from service.decode.scan import DecodedScan
     from service.model import Model
 
 THUMBNAIL_SIDE = 128
@@ -72,6 +74,11 @@ def inspect(data: bytes, limit: int) -> dict[str, Any]:
         scan = decode(data, max_pixels=limit)
     except ServiceError:
         return {}  # the scorer reports why, with the service's code
+    return summarise(scan)
+
+
+def summarise(scan: DecodedScan) -> dict[str, Any]:
+    """The facts and pixel hash of a decoded scan, as the report's columns."""
     facts = scan.facts
     return {
         "format": facts.format,
@@ -129,10 +136,12 @@ class Scorer:
 
 def local_scorer(model_path: Path) -> Scorer:
     """The service's core in this process: `score_bytes` for the number, the graph's heatmap for the examples."""
+    from service.decode import decode
     from service.errors import ServiceError
     from service.heatmap import render
     from service.model import load_model
-    from service.predictor import prepare, score_bytes
+    from service.predictor import prepare, score_prepared
+    from service.prepare import prepare_scan
     from service.resources import available_cpus
     from service.settings import Settings
 
@@ -140,15 +149,18 @@ def local_scorer(model_path: Path) -> Scorer:
     model = load_model(model_path, policy=settings.execution_provider, intra_op_threads=available_cpus())
     facts = _facts(model, f"local: {model_path}")
 
-    def score(path: Path) -> ScanRow:
-        data = path.read_bytes()
-        seen = inspect(data, settings.max_pixels)
-        row = ScanRow(str(path), model_name=facts.name, model_version=facts.version, model_sha256=facts.sha256, **seen)
+    def score(path: Path) -> ScanRow:  # one decode gives the report's facts and the score, as score_bytes would
+        row = ScanRow(str(path), model_name=facts.name, model_version=facts.version, model_sha256=facts.sha256)
+        started = time.perf_counter()
         try:
-            prediction = score_bytes(model, data, max_pixels=settings.max_pixels)
-        except ServiceError as error:
+            scan = decode(path.read_bytes(), max_pixels=settings.max_pixels)
+            for name, value in summarise(scan).items():
+                setattr(row, name, value)
+            prepared = prepare_scan(scan, decode_ms=(time.perf_counter() - started) * 1000.0)
+        except ServiceError as error:  # refused by the decoder or by preprocessing (a blank scan), as the service would
             row.error_code, row.error_message = error.code, error.message
             return row
+        prediction = score_prepared(model, prepared, started=started)
         row.effusion_probability, row.label, row.threshold = prediction.probability, prediction.label, facts.threshold
         return row
 
