@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.parser
 import io
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +144,13 @@ def test_a_dicom_result_of_a_png_or_jpeg_is_not_acceptable(client: TestClient, k
     assert response.status_code == 406
     assert response.json()["error"]["code"] == "not_acceptable"
     assert kind.upper() in response.json()["error"]["message"]
+
+
+def test_without_the_reports_extra_a_dicom_result_is_not_acceptable(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as if highdicom were not installed: its import fails
+    response = client.post("/predict", content=example_dicom(), headers={"Content-Type": "application/dicom", **DICOM})
+    assert response.status_code == 406
+    assert response.json()["error"]["code"] == "not_acceptable" and "cxr-effusion[reports]" in response.json()["error"]["message"]
 
 
 @pytest.fixture(scope="module")
