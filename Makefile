@@ -11,10 +11,10 @@ venv:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 
 serve: venv
-	$(PIP) install -e '.[cpu]'
+	$(PIP) install -e '.[cpu,reports]'
 	$(VENV)/bin/python -m service
 
 test: venv
-	$(PIP) install -e '.[cpu,dev,train,client]'
+	$(PIP) install -e '.[cpu,dev,train,client,reports]'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest

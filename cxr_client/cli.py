@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cxr_client import predict
+from cxr_client import dicomweb, predict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_parser(commands)
     _add_validate(commands)
     _add_set_threshold(commands)
+    dicomweb.add_parser(commands)
     return parser
 
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         from cxr_client.validate.command import run_command
     elif args.command == "set-threshold":
         from cxr_client.set_threshold import run_command
+    elif args.command == "dicomweb":
+        run_command = dicomweb.run_command
     else:
         run_command = predict.run_command
     return run_command(args)

@@ -127,25 +127,43 @@ def http_scorer(url: str, *, api_key: str | None, timeout: float, retries: int) 
     client = http_client(url, api_key=api_key, timeout=timeout)
 
     def score(path: Path) -> Row:
-        data = path.read_bytes()
-        row = Row(str(path), error_code="connection_error", error_message="not attempted")
-        for attempt in range(retries + 1):
-            response = None
-            try:
-                response = client.post("/predict", files={"file": ("scan", data, "application/octet-stream")})
-            except httpx.TimeoutException:
-                row = Row(str(path), error_code="timeout", error_message="the service did not answer in time")
-            except httpx.TransportError as error:
-                row = Row(str(path), error_code="connection_error", error_message=type(error).__name__)
-            else:
-                row = _row_from_response(path, response)
-                if response.status_code != 503:
-                    return row
-            if attempt < retries:
-                time.sleep(_retry_delay(response, attempt))
-        return row
+        try:
+            response = post_scan(client, path.read_bytes(), retries=retries)
+        except httpx.TimeoutException:
+            return Row(str(path), error_code="timeout", error_message="the service did not answer in time")
+        except httpx.TransportError as error:
+            return Row(str(path), error_code="connection_error", error_message=type(error).__name__)
+        return _row_from_response(path, response)
 
     return score
+
+
+def post_scan(
+    client: httpx.Client, data: bytes, *, retries: int, headers: dict[str, str] | None = None, params: dict[str, str] | None = None
+) -> httpx.Response:
+    """POST one scan to /predict with the retry rules of `with_retries`."""
+    files = {"file": ("scan", data, "application/octet-stream")}
+    return with_retries(lambda: client.post("/predict", files=files, headers=headers, params=params), retries=retries)
+
+
+def with_retries(send: Callable[[], httpx.Response], *, retries: int) -> httpx.Response:
+    """`send()` again after a 503, as its `Retry-After` asks, and after a connection error or timeout, with backoff;
+    returns the last answer (a 503 too, once retries are spent), or raises the last transport error."""
+    import httpx
+
+    attempt = 0
+    while True:
+        try:
+            response = send()
+        except httpx.TransportError:
+            if attempt >= retries:
+                raise
+            response = None
+        else:
+            if response.status_code != 503 or attempt >= retries:
+                return response
+        time.sleep(_retry_delay(response, attempt))
+        attempt += 1
 
 
 def _retry_delay(response: httpx.Response | None, attempt: int) -> float:

@@ -24,7 +24,7 @@ print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], s
 [ "${#requirements[@]}" -gt 0 ] || { echo "could not read [build-system] requires from pyproject.toml" >&2; exit 1; }
 for flavour in "$@"; do
     case "$flavour" in
-        cpu | gpu) requirements+=(".[$flavour]") ;;
+        cpu | gpu) requirements+=(".[$flavour,reports]") ;;  # the image installs the reports extra too (install-venv.sh)
         *) echo "unknown flavour $flavour: cpu or gpu" >&2; exit 2 ;;
     esac
 done

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     TOO_MANY_PIXELS = "too_many_pixels"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    NOT_ACCEPTABLE = "not_acceptable"  # a result format the input cannot have (DICOM objects of a PNG) or this install cannot make
     HEADERS_TOO_LARGE = "headers_too_large"  # request head over its size or header-count limit
     MISSING_FILE = "missing_file"
     EMPTY_FILE = "empty_file"

@@ -29,7 +29,7 @@ def require_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError:
         if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed; CI installs the cpu,dev,train,client extras", pytrace=False)
+            pytest.fail(f"{name} is not installed; CI installs the cpu,dev,train,client,reports extras", pytrace=False)
         pytest.skip(f"{name} is not installed", allow_module_level=True)
 
 
@@ -69,6 +69,12 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mean_model(models_dir: Path) -> Path:
     return build_model(models_dir / "mean.onnx")
+
+
+@pytest.fixture(scope="session")
+def heatmap_model(models_dir: Path) -> Path:
+    """The mean model with a `heatmap` output (the input's own brightness)."""
+    return build_model(models_dir / "mean-heatmap.onnx", heatmap_shape=("N", 256, 256))
 
 
 @pytest.fixture(scope="session")

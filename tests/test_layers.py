@@ -35,6 +35,11 @@ CORE = [
     "service.batching",
     "service.heatmap",
     "service.predictor",
+    "service.results.finding",
+    "service.results.fhir",
+    "service.results.source",
+    "service.results.dicom_sr",
+    "service.results.dicom_sc",
 ]
 
 

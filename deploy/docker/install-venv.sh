@@ -1,7 +1,7 @@
 #!/bin/sh
 # Fill /opt/venv in two steps, so that a change to the code does not reinstall the dependencies:
 #
-#   install-venv.sh dependencies cpu|gpu   # while /src holds only pyproject.toml: the extra's dependencies
+#   install-venv.sh dependencies cpu|gpu   # while /src holds only pyproject.toml: the extra's dependencies (and `reports`)
 #   install-venv.sh project                # after the code is copied in: the project, then pip goes
 #
 # Packages come from /wheelhouse when CXR_WHEELHOUSE is set (offline: no index at all), else
@@ -20,7 +20,7 @@ case "$step" in
     dependencies)
         flavour="$1"
         shift
-        /opt/venv/bin/pip install --no-cache-dir "$@" "/src[${flavour}]"
+        /opt/venv/bin/pip install --no-cache-dir "$@" "/src[${flavour},reports]"  # reports: /predict's DICOM answers
         ;;
     project)
         /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall "$@" /src

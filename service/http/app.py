@@ -24,9 +24,11 @@ from service.http.admission import Admission
 from service.http.auth import PROBE_PATHS, ApiKeyMiddleware, KeyChecker, document_security, load_api_keys
 from service.http.errors import add_error_handlers
 from service.http.metrics import Metrics
+from service.http.negotiation import DICOM_MEDIA_TYPE, FHIR_MEDIA_TYPE, MULTIPART_MEDIA_TYPE, ResultFormat, result_format
 from service.http.observability import RequestObserver
 from service.http.prefix import PathPrefix
 from service.http.readiness import Readiness
+from service.http.results import check_dicom_result_possible, dicom_response, fhir_response
 from service.http.schemas import (
     ErrorResponse,
     Heatmap,
@@ -47,10 +49,19 @@ from service.variant_choice import ServedModel, load_served_model
 
 logger = logging.getLogger("service")
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 413, 415, 422, 503)
 }
-BINARY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    200: {
+        "description": "The prediction: JSON by default; by the Accept header a FHIR R4 Bundle, or for DICOM input a DICOM "
+        "Structured Report (with `?heatmap=true`, multipart/related with the heatmap's Secondary Capture too); docs/pacs.md",
+        "content": {FHIR_MEDIA_TYPE: {"schema": {"type": "object"}}, DICOM_MEDIA_TYPE: BINARY, MULTIPART_MEDIA_TYPE: BINARY},
+    },
+    406: {"model": ErrorResponse, "description": "a DICOM result asked for a PNG or JPEG upload"},
+}
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -132,10 +143,12 @@ def create_app(settings: Settings | None = None, *, served: ServedModel | None =
     app.state.service = state
     add_error_handlers(app)
 
-    @app.post("/predict", response_model=PredictionResponse, responses=ERROR_RESPONSES, openapi_extra=UPLOAD_BODY)
-    async def predict(request: Request, heatmap: bool = False) -> PredictionResponse:
-        """Score one scan: multipart field `file`, or a raw PNG/JPEG/DICOM body. `?heatmap=true` adds the heatmap."""
+    @app.post("/predict", response_model=PredictionResponse, responses=PREDICT_RESPONSES, openapi_extra=UPLOAD_BODY)
+    async def predict(request: Request, heatmap: bool = False) -> Any:
+        """Score one scan: multipart field `file`, or a raw PNG/JPEG/DICOM body. `?heatmap=true` adds the heatmap.
+        The Accept header picks the answer's format (JSON unless another is named)."""
         predictor = _ready_predictor(state)
+        wanted = result_format(request.headers.get("accept"))
         with state.admission.slot():
             data = await read_upload(
                 request.headers.get("content-type"),
@@ -143,7 +156,13 @@ def create_app(settings: Settings | None = None, *, served: ServedModel | None =
                 request.stream(),
                 max_bytes=settings.max_upload_bytes,
             )
+            if wanted is ResultFormat.DICOM:
+                check_dicom_result_possible(data)
             prediction = await predictor.predict(data, heatmap=heatmap)
+            if wanted is ResultFormat.FHIR:
+                return await fhir_response(data, prediction, predictor.model)
+            if wanted is ResultFormat.DICOM:
+                return await dicom_response(data, prediction, predictor.model, heatmap=heatmap)
         response = _prediction_response(prediction, predictor.model, request.state.request_id)
         if heatmap and not predictor.model.has_heatmap:
             response.notes.append("this model has no heatmap output; see GET /model")

@@ -28,6 +28,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.TOO_MANY_PIXELS: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.NOT_ACCEPTABLE: 406,
     ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.MISSING_FILE: 422,
     ErrorCode.EMPTY_FILE: 422,

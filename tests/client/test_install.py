@@ -58,3 +58,12 @@ def test_without_onnxruntime_the_commands_name_the_extra_in_one_line(code: str, 
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "cxr-effusion[cpu]" in result.stderr
+
+
+def test_without_the_client_extra_dicomweb_names_it_in_one_line(tmp_path: Path) -> None:
+    code = "import sys\nsys.modules['dicomweb_client'] = None\nfrom cxr_client.cli import main\n"
+    code += "sys.exit(main(['dicomweb', '--pacs', 'http://127.0.0.1:9/dicom-web', '--since', '20250101']))"
+    result = run_python(code, tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "cxr-effusion[client]" in result.stderr
