@@ -59,8 +59,33 @@ def slots_per_frontend(settings: Settings) -> int:
 
 def create_slots(count: int) -> SharedMemory:
     """A shared-memory block for `count` tensors (the supervisor's, for one frontend start; unlink it when that
-    frontend is gone)."""
-    return SharedMemory(create=True, size=count * SLOT_BYTES)
+    frontend is gone).
+
+    Its pages are written once here: /dev/shm is a tmpfs, and a block on a full one fails with SIGBUS
+    at its first write, which must be now, at start-up, not in the middle of a request.
+    """
+    block = SharedMemory(create=True, size=count * SLOT_BYTES)
+    pages = np.ndarray((block.size,), dtype=np.uint8, buffer=block.buf)
+    pages[:] = 0
+    del pages  # no view may outlive the block's close()
+    return block
+
+
+def shared_memory_problem(frontends: int, slots: int, folder: str = "/dev/shm") -> str | None:
+    """Why `frontends` blocks of `slots` tensors do not fit in the shared-memory folder, or None when they do."""
+    needed = frontends * slots * SLOT_BYTES
+    try:
+        stats = os.statvfs(folder)
+    except OSError as error:
+        return f"{folder} is not usable for shared memory: {error.strerror or error}"
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed:
+        return (
+            f"{folder} has {free / 2**20:.0f} MiB free, but {frontends} frontends x {slots} tensor slots "
+            f"(CXR_MAX_QUEUE + CXR_MAX_BATCH) need {needed / 2**20:.0f} MiB: give the container more "
+            "(docker run --shm-size; Kubernetes: an emptyDir of medium Memory at /dev/shm) or lower CXR_MAX_QUEUE"
+        )
+    return None
 
 
 def tensor_view(block: SharedMemory, slot: int) -> np.ndarray:
@@ -80,9 +105,6 @@ class FrontendPlan:
     slots: int
     up: MutableSequence[int]
     in_flight: MutableSequence[int]
-
-    def all_up(self) -> bool:
-        return all(self.up)
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,8 @@ class InferenceServer:
         try:
             hello: Hello = connection.recv()
             block = SharedMemory(hello.block)
+            if hello.slots * SLOT_BYTES > block.size:
+                raise ValueError(f"a block of {block.size} bytes holds fewer than {hello.slots} tensors")
             connection.send(self.welcome)
             logger.info("frontend %d connected", hello.frontend)
             while True:
@@ -323,6 +347,9 @@ class InferenceClient:
 
     def _lost(self, connection: Connection, reason: str) -> None:
         """The connection is gone: nobody will answer its jobs, so fail them and free their slots."""
+        if self._connection is not None and self._connection is not connection:
+            close_connection(connection)  # an older connection, reported twice; the jobs waiting are the new one's
+            return
         if self._connection is connection:
             self._connection = None
             if not self._closed.is_set():

@@ -20,7 +20,7 @@ from service.errors import ErrorCode, ServiceError
 from service.model import load_model
 from service.predictor import batcher_for, prepare
 from service.settings import Settings
-from service.shared_inference import InferenceClient, create_slots, run_inference
+from service.shared_inference import InferenceClient, create_slots, run_inference, shared_memory_problem
 from service.variant_choice import load_served_model
 from testkit.model_factory import build_model
 
@@ -166,3 +166,9 @@ def test_a_killed_inference_process_fails_waiting_requests_and_a_new_one_is_foun
     finally:
         block.close()
         block.unlink()
+
+
+def test_too_little_shared_memory_is_named_before_start_up(tmp_path: Path) -> None:
+    assert shared_memory_problem(2, 72, str(tmp_path)) is None
+    problem = shared_memory_problem(10**9, 72, str(tmp_path))
+    assert problem is not None and "--shm-size" in problem and "CXR_MAX_QUEUE" in problem

@@ -33,7 +33,7 @@ from prometheus_client import multiprocess
 
 from service.http.workers import METRICS_DIR_VARIABLE, drain_when_orphaned, run_worker
 from service.settings import Settings
-from service.shared_inference import FrontendPlan, create_slots, slots_per_frontend
+from service.shared_inference import FrontendPlan, create_slots, shared_memory_problem, slots_per_frontend
 
 logger = logging.getLogger("service")
 
@@ -42,6 +42,11 @@ POLL_S = 0.2
 
 def serve_shared(settings: Settings, config_options: dict[str, Any], frontends: int) -> int:
     """Run `frontends` frontends and one inference process on settings.host:settings.port; returns the exit status."""
+    slots = slots_per_frontend(settings)
+    problem = shared_memory_problem(frontends, slots)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     sock = uvicorn.Config(app=None, host=settings.host, port=settings.port, log_config=None).bind_socket()
     metrics_dir = tempfile.mkdtemp(prefix="cxr-metrics-")
     os.environ[METRICS_DIR_VARIABLE] = metrics_dir  # inherited by every child (spawned afresh)
@@ -50,7 +55,6 @@ def serve_shared(settings: Settings, config_options: dict[str, Any], frontends: 
     authkey = os.urandom(32)
     context = multiprocessing.get_context("spawn")
     up, in_flight = context.RawArray("i", frontends), context.RawArray("i", frontends)
-    slots = slots_per_frontend(settings)
     blocks: dict[int, SharedMemory] = {}
     parent = os.getpid()
 

@@ -25,7 +25,7 @@ from service.model import load_model
 from service.predictor import score_bytes
 from testkit.live_server import REPO_ROOT, LiveServer, free_port, held_back, in_flight, metric, running_service
 
-SHARED = {"CXR_WORKERS": "2", "CXR_INFERENCE": "shared"}
+SHARED = {"CXR_WORKERS": "2", "CXR_INFERENCE": "shared", "CXR_MAX_QUEUE": "16"}  # small blocks: a CI container's /dev/shm may be 64 MiB
 EXAMPLES = REPO_ROOT / "examples"
 TIMEOUT = 240.0  # spawning three processes and warming up on a loaded 2-core machine
 
