@@ -47,8 +47,10 @@ def test_sigterm_turns_ready_503_at_once_and_refuses_new_work(mean_model: Path, 
 def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png: Path, mode: dict[str, str]) -> None:
     """Every request either completes (200) or is refused cleanly (503); none is cut mid-flight.
 
-    Clients behave like a load balancer: they stop sending once they have seen the service
-    draining. An upload held back half-way straddles the listener closing, so uvicorn's own
+    Clients behave like a load balancer: they stop sending once one of them has seen the service
+    draining (a client that stopped only on its own refusal could send a request at the instant
+    the listener closes, after a slow answer that took the whole delay: uvicorn closes a
+    connection whose request it has not read yet, which the delay exists to avoid). An upload held back half-way straddles the listener closing, so uvicorn's own
     wait for in-flight requests is exercised too. Under the shared inference process the
     supervisor stops the inference process only after both frontends have finished.
     """
@@ -71,8 +73,10 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
         with lock:
             outcomes.append((kind, detail, started, time.monotonic()))
 
+    draining_seen = threading.Event()  # like a balancer: once any client saw "draining", none sends new work
+
     def worker(url: str) -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not draining_seen.is_set():
             started = time.monotonic()
             try:
                 response = httpx.post(f"{url}/predict", files={"file": ("a.png", scan)}, timeout=30)
@@ -87,6 +91,7 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
                 assert "retry-after" in response.headers
             record(str(response.status_code), code, started)
             if code == "not_ready":
+                draining_seen.set()
                 return  # the service said it is draining: go elsewhere
 
     release = threading.Event()
