@@ -41,6 +41,7 @@ from service.logs import log_config
 from service.model import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, load_model, session_options
 from service.prepare import prepare
 from service.settings import variant_path
+from service.shared_inference import SLOT_BYTES
 
 SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 SECTIONS = ("cudnn", "throughput", "shapes", "placement", "decode", "service", "modes")
@@ -349,13 +350,21 @@ def main(argv: list[str] | None = None) -> None:
         base = {"CXR_MAX_BATCH": "32", "CXR_MAX_QUEUE": "256"}
         if quick:  # a CPU rehearsal: warming 32 batch sizes of FP32 ResNet18 on a small CPU outlasts the start-up limit
             base = {"CXR_MAX_BATCH": "4", "CXR_MAX_QUEUE": "32", "CXR_WARMUP_RUNS": "1"}
+        # Each frontend's tensor block holds CXR_MAX_QUEUE + CXR_MAX_BATCH slots of 256 KB in /dev/shm, which a
+        # container may keep small (64 MiB): the shared rows take the largest queue that fits, never under the
+        # concurrency of 64 (the host's one queue then still holds every waiting request), and record it.
+        report["dev_shm_free_mib"] = round(shutil.disk_usage("/dev/shm").free / 2**20)
+
+        def shared(n: int) -> dict[str, str]:
+            fits = shutil.disk_usage("/dev/shm").free // (n * SLOT_BYTES) - int(base["CXR_MAX_BATCH"]) - 1
+            queue = max(64, min(int(base["CXR_MAX_QUEUE"]), fits))
+            return {**base, "CXR_MAX_QUEUE": str(queue), "CXR_WORKERS": str(n), "CXR_INFERENCE": "shared",
+                    "CXR_DECODE_THREADS": str(max(1, cpus // n))}  # fmt: skip
+
         configs = [
             {**base, "CXR_DECODE_THREADS": "4"},  # one process's best measured setting
             {**base, "CXR_WORKERS": "8", "CXR_DECODE_THREADS": str(max(1, cpus // 8))},
-            *(
-                {**base, "CXR_WORKERS": str(n), "CXR_INFERENCE": "shared", "CXR_DECODE_THREADS": str(max(1, cpus // n))}
-                for n in (4, 8, 14)
-            ),
+            *(shared(n) for n in (4, 8, 14)),
         ]
         report["modes"] = service_runs(fp32, scan, args.provider, configs, 3 if quick else 15)
 
