@@ -17,7 +17,7 @@ download() {
 }
 download "$work/ort" onnxruntime-gpu==1.31.1
 # the versions of this environment (pydantic needs its exact pydantic-core)
-names='isal|fastapi|starlette|pydantic|pydantic[-_]core|pydantic[-_]settings|python[-_]dotenv|python[-_]multipart|uvicorn|httptools|opentelemetry[-_]api|pydicom|onnxconverter[-_]common|typing[-_]inspection|annotated[-_]types'
+names='isal|fastapi|starlette|pydantic|pydantic[-_]core|pydantic[-_]settings|python[-_]dotenv|python[-_]multipart|uvicorn|httptools|opentelemetry[-_]api|pydicom|onnxconverter[-_]common|typing[-_]inspection|annotated[-_]types|prometheus[-_]client'
 mapfile -t pins < <("${PYTHON:-python3}" -m pip list --format=freeze | grep -i -E "^($names)==")
 download "$work/whl" "${pins[@]}"
 cp "$(command -v hey)" "$work/bin/"

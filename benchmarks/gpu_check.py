@@ -4,7 +4,8 @@ Run on a machine with onnxruntime-gpu (see docs/performance.md for how it was ru
 
     python -m benchmarks.gpu_check --out results/gpu --images /path/to/pngs
 
-Writes `gpu.json` (every figure) and prints a summary. `--provider cpu --quick` rehearses the
+Writes `gpu.json` (every figure) and prints a summary. `--sections decode,modes` measures what
+issue #18 asks for: the host's decode ceiling and the serving modes at concurrency 64. `--provider cpu --quick` rehearses the
 same code on a CPU-only machine.
 """
 
@@ -15,12 +16,15 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from benchmarks.common import MAX_PIXELS, Server
+from benchmarks.common import MAX_PIXELS, Server, every_process_ready
 from benchmarks.loadgen import Body, run_hey
 from benchmarks.resnet18 import benchmark_model
 from service.decode import png
@@ -37,9 +41,10 @@ from service.logs import log_config
 from service.model import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, load_model, session_options
 from service.prepare import prepare
 from service.settings import variant_path
+from service.shared_inference import SLOT_BYTES
 
 SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
-SECTIONS = ("cudnn", "throughput", "shapes", "placement", "decode", "service")
+SECTIONS = ("cudnn", "throughput", "shapes", "placement", "decode", "service", "modes")
 
 
 def log(message: str) -> None:
@@ -215,8 +220,34 @@ def all_ready(server: Server, workers: int, timeout: float = 180.0) -> None:
     raise RuntimeError(f"fewer than {workers} workers became ready within {timeout}s")
 
 
+@contextmanager
+def gpu_utilisation(report: dict[str, Any]) -> Iterator[None]:
+    """Sample the GPU's utilisation (%) every 250 ms while the block runs; its mean and peak go into `report`."""
+    if shutil.which("nvidia-smi") is None:
+        yield
+        return
+    with tempfile.TemporaryFile() as samples:
+        sampler = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "250"], stdout=samples
+        )
+        try:
+            yield
+        finally:
+            sampler.terminate()
+            sampler.wait(10)
+            samples.seek(0)
+            values = [float(line) for line in samples.read().decode().split() if line.replace(".", "", 1).isdigit()]
+            if values:
+                report["gpu_util_mean_pct"] = round(statistics.fmean(values), 1)
+                report["gpu_util_max_pct"] = max(values)
+
+
 def service_runs(model: Path, image: Path, provider: str, configs: list[dict[str, str]], seconds: int) -> list[dict[str, Any]]:
-    """Start the service per configuration (`workers`: that many uvicorn processes) and load it with hey at concurrency 64."""
+    """Start the service per configuration and load it with hey at concurrency 64, sampling the GPU's utilisation.
+
+    `workers` in a configuration: that many uvicorn processes (`uvicorn --workers`); `CXR_WORKERS`
+    (with or without `CXR_INFERENCE=shared`): `python -m service`'s own processes, waited for until
+    every one reports ready (`cxr_ready` adds them up)."""
     results = []
     for number, config in enumerate(configs):
         port = 8100 + number
@@ -232,9 +263,13 @@ def service_runs(model: Path, image: Path, provider: str, configs: list[dict[str
         row: dict[str, Any] = {"config": config}
         try:
             with Server(command, env, f"http://127.0.0.1:{port}/ready") as server:
-                all_ready(server, int(config.get("workers", "1")))
+                if "CXR_WORKERS" in config:
+                    every_process_ready(f"http://127.0.0.1:{port}", int(config["CXR_WORKERS"]))
+                else:
+                    all_ready(server, int(config.get("workers", "1")))
                 body = Body(image, "image/png")  # the service takes a raw PNG body as well as multipart
-                row.update(run_hey(f"http://127.0.0.1:{port}/predict", body, concurrency=64, seconds=seconds))
+                with gpu_utilisation(row):
+                    row.update(run_hey(f"http://127.0.0.1:{port}/predict", body, concurrency=64, seconds=seconds))
         except RuntimeError as error:  # not ready: keep the server's log tail in the report
             row["error"] = str(error)
         results.append(row)
@@ -307,6 +342,31 @@ def main(argv: list[str] | None = None) -> None:
             # served as a model of its own: the benchmark's FP16 file has no variant metadata (no AUROC to report)
             configs.append({**base, "workers": "4", "CXR_DECODE_THREADS": str(max(1, cpus // 4)), "CXR_MODEL_PATH": str(fp16)})
         report["service"] = service_runs(fp32, scan, args.provider, configs, 3 if quick else 10)
+
+    if "modes" in sections and not args.no_service:
+        # issue #18's rows: one process, 8 plain workers, the shared inference process with 4, 8 and 14 frontends
+        # (requests/s and p99 at concurrency 64, GPU utilisation); decode threads share the cores among the processes
+        scan = sorted(args.images.glob("*.png"))[0]
+        base = {"CXR_MAX_BATCH": "32", "CXR_MAX_QUEUE": "256"}
+        if quick:  # a CPU rehearsal: warming 32 batch sizes of FP32 ResNet18 on a small CPU outlasts the start-up limit
+            base = {"CXR_MAX_BATCH": "4", "CXR_MAX_QUEUE": "32", "CXR_WARMUP_RUNS": "1"}
+        # Each frontend's tensor block holds CXR_MAX_QUEUE + CXR_MAX_BATCH slots of 256 KB in /dev/shm, which a
+        # container may keep small (64 MiB): the shared rows take the largest queue that fits, never under the
+        # concurrency of 64 (the host's one queue then still holds every waiting request), and record it.
+        report["dev_shm_free_mib"] = round(shutil.disk_usage("/dev/shm").free / 2**20)
+
+        def shared(n: int) -> dict[str, str]:
+            fits = shutil.disk_usage("/dev/shm").free // (n * SLOT_BYTES) - int(base["CXR_MAX_BATCH"]) - 1
+            queue = max(64, min(int(base["CXR_MAX_QUEUE"]), fits))
+            return {**base, "CXR_MAX_QUEUE": str(queue), "CXR_WORKERS": str(n), "CXR_INFERENCE": "shared",
+                    "CXR_DECODE_THREADS": str(max(1, cpus // n))}  # fmt: skip
+
+        configs = [
+            {**base, "CXR_DECODE_THREADS": "4"},  # one process's best measured setting
+            {**base, "CXR_WORKERS": "8", "CXR_DECODE_THREADS": str(max(1, cpus // 8))},
+            *(shared(n) for n in (4, 8, 14)),
+        ]
+        report["modes"] = service_runs(fp32, scan, args.provider, configs, 3 if quick else 15)
 
     (args.out / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"wrote {args.out / 'gpu.json'}")

@@ -57,6 +57,9 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
     one, two = find(load, "service int8", 16), find(load, "service int8, --workers 2", 16)
     if one and two:
         check("service int8: --workers 2 / one process at c=16", two["ok_rps"] / one["ok_rps"], "reported", None)
+    shared = find(load, "service int8, --workers 2 --inference shared", 16)
+    if one and shared:
+        check("service int8: --workers 2 --inference shared / one process at c=16", shared["ok_rps"] / one["ok_rps"], "reported", None)
     return rows
 
 

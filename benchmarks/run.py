@@ -7,7 +7,7 @@
 per scan, the straightforward way and the service's; (c) the in-process pipeline ceiling (the
 service's decode + preprocess + batched inference with all cores, no HTTP); (d) the service, the
 naive FastAPI baseline and Triton (PyTriton, dynamic batching) under `hey` at several
-concurrencies; (e) one process vs two uvicorn workers.
+concurrencies; (e) one process vs two workers (the service's own, the shared inference process, uvicorn's).
 
 The load generator is `hey` (Go): its CPU use is measured and reported, since on a 2-core machine
 any client takes CPU from the server. Triton runs from its own virtual environment
@@ -206,6 +206,10 @@ def end_to_end(model: Path, scans: list[bytes], args: argparse.Namespace, work: 
     env = service_env(model, "int8", CXR_INTRA_OP_THREADS="1", CXR_DECODE_THREADS="1")
     own = Server([python, "-m", "service", "--workers", "2"], {**env, "CXR_PORT": "8107"}, "http://127.0.0.1:8107/ready")
     systems.append(("service int8, --workers 2", own, "http://127.0.0.1:8107/predict", multipart, [16]))
+    # the shared inference process: two frontends with one decode thread each, one process running the model (CPUs' threads)
+    shared_env = service_env(model, "int8", CXR_DECODE_THREADS="1", CXR_PORT="8108")
+    shared = Server([python, "-m", "service", "--workers", "2", "--inference", "shared"], shared_env, "http://127.0.0.1:8108/ready")
+    systems.append(("service int8, --workers 2 --inference shared", shared, "http://127.0.0.1:8108/predict", multipart, [16]))
     workers = Server([python, "-m", "uvicorn", "--factory", "service.http.app:create_app", "--port", "8104", "--workers", "2"], env, "http://127.0.0.1:8104/ready")
     systems.append(("service int8, 2 uvicorn workers", workers, "http://127.0.0.1:8104/predict", multipart, [16]))
 

@@ -21,6 +21,7 @@ import uvicorn
 from service.http.app import create_app
 from service.http.auth import AuthConfigError
 from service.http.limits import limited_protocol
+from service.http.shared_workers import serve_shared
 from service.http.shutdown import DrainingServer
 from service.http.workers import serve_workers
 from service.logs import configure_logging
@@ -41,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help="ONNX model file (CXR_MODEL_PATH)")
     parser.add_argument("--execution-provider", choices=["auto", "cuda", "cpu"], help="CXR_EXECUTION_PROVIDER")
     parser.add_argument("--workers", type=int, help="service processes sharing the port (CXR_WORKERS, default 1)")
+    parser.add_argument(
+        "--inference",
+        choices=["per-worker", "shared"],
+        help="per-worker: each worker runs its own model; shared: the workers are frontends of one inference process "
+        "(CXR_INFERENCE, default per-worker)",
+    )
     return parser.parse_args(argv)
 
 
@@ -52,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         "model_path": args.model,
         "execution_provider": args.execution_provider,
         "workers": args.workers,
+        "inference": args.inference,
     }
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     logging_config = configure_logging(settings.log_level, settings.log_format)
@@ -79,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         "server_header": False,
         "ws": "none",  # no WebSocket routes; uvicorn's WebSocket log lines would quote the query string
     }
+    if settings.inference == "shared":
+        del app, served  # checked; the inference process loads the one copy
+        sys.exit(serve_shared(settings, config_options, settings.workers))
     if settings.workers > 1:
         del app, served  # checked; each worker loads its own copy
         sys.exit(serve_workers(settings, config_options, settings.workers))

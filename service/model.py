@@ -166,6 +166,17 @@ def check_signature(inputs: list[Any], outputs: list[Any]) -> bool:
     return heatmap is not None
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What every response reports about a model, without its session: all a frontend of the shared
+    inference process (service/shared_inference.py) holds, sent to it by the process that runs the model."""
+
+    contract: ModelContract
+    sha256: str
+    has_heatmap: bool
+    execution_provider: str
+
+
 class Model:
     """A validated ONNX Runtime session and the facts every response reports about it."""
 
@@ -179,6 +190,10 @@ class Model:
     def execution_provider(self) -> str:
         """The provider that really runs the graph (ORT falls back to CPU silently)."""
         return self.session.get_providers()[0]
+
+    @property
+    def facts(self) -> ModelFacts:
+        return ModelFacts(self.contract, self.sha256, self.has_heatmap, self.execution_provider)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Effusion probabilities, float32 [N], for a float32 [N, 1, 256, 256] batch."""

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -27,10 +28,13 @@ from service.decode.scan import ScanFacts
 from service.errors import ErrorCode, ServiceError
 from service.heatmap import RenderedHeatmap, render
 from service.logs import configure_logging, in_request, request_id_var
-from service.model import Model
+from service.model import Model, ModelFacts
 from service.prepare import Prepared, prepare
 from service.resources import available_cpus
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.shared_inference import InferenceClient  # its own module imports the batcher, not this one
 
 __all__ = ["Prediction", "Predictor", "Timing", "prepare", "score_bytes"]  # prepare: re-exported for scripts and tests
 
@@ -79,6 +83,17 @@ def score_prepared(model: Model, prepared: Prepared, *, started: float) -> Predi
     return Prediction(probability, model.contract.label(probability), prepared.image, 1, spent)
 
 
+def batcher_for(model: Model, settings: Settings) -> MicroBatcher:
+    """The micro-batcher over a loaded model with the settings' policy (one process, or the shared inference process)."""
+    return MicroBatcher(
+        model.predict,
+        run_with_heatmap=model.predict_with_heatmap if model.has_heatmap else None,
+        max_batch=settings.max_batch,
+        max_delay_s=settings.max_delay_ms / 1000.0,
+        max_queue=settings.max_queue,
+    )
+
+
 def decode_pool(workers: int, *, processes: bool, logging: tuple[str, str] = ("info", "json")) -> Executor:
     """Threads in this process, or spawned worker processes (never forked: ORT's threads exist)
     that log as the server does (`logging`: level and format)."""
@@ -97,8 +112,8 @@ class Predictor:
 
     def __init__(
         self,
-        model: Model,
-        batcher: MicroBatcher,
+        model: Model | ModelFacts,
+        batcher: MicroBatcher | InferenceClient,
         *,
         decoders: Executor,
         workers: int,
@@ -113,7 +128,7 @@ class Predictor:
         self._logging = logging
 
     @classmethod
-    def from_settings(cls, model: Model, batcher: MicroBatcher, settings: Settings) -> Predictor:
+    def from_settings(cls, model: Model | ModelFacts, batcher: MicroBatcher | InferenceClient, settings: Settings) -> Predictor:
         """Threads (CXR_DECODE_THREADS) or processes (CXR_DECODE_PROCESSES) for decoding, from the settings."""
         processes = settings.decode_processes > 0
         workers = settings.decode_processes if processes else settings.decode_threads or available_cpus()

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64, description="Service processes sharing the port, each loading the model and turning ready on its own."
     )
+    inference: Literal["per-worker", "shared"] = Field(
+        "per-worker",
+        description="per-worker: each of the CXR_WORKERS processes is a whole service with its own model copy. shared: "
+        "the CXR_WORKERS processes only receive, decode and preprocess (frontends), and one more process owns the model "
+        "and batches every frontend's requests; for many-core and GPU hosts (docs/performance.md).",
+    )
     drain_timeout_s: float = Field(
         20.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish before exit."
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from service.model import CUDA, Model, ModelError, load_model
+from service.model import CUDA, Model, ModelError, ModelFacts, load_model
 from service.resources import available_cpus
 from service.settings import Settings, variant_path
 
@@ -24,9 +24,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServedModel:
-    """The loaded model, the variant it is (fp32, int8, fp16) and the reason it was chosen."""
+    """The loaded model, the variant it is (fp32, int8, fp16) and the reason it was chosen.
 
-    model: Model
+    A frontend of the shared inference process (service/shared_inference.py) holds only the
+    model's facts, sent by the process that runs it.
+    """
+
+    model: Model | ModelFacts
     variant: str
     reason: str
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,3 +108,18 @@ def metric(url: str, name: str, /, **labels: str) -> float:
             if sample.name == name and labels.items() <= sample.labels.items():
                 return sample.value
     return 0.0
+
+
+def held_back(data: bytes, release: threading.Event, pieces: int = 40) -> Iterator[bytes]:
+    """A request body that stalls half-way until `release` is set: the request stays in flight."""
+    size = -(-len(data) // pieces)
+    for index, start in enumerate(range(0, len(data), size)):
+        if index == pieces // 2:
+            assert release.wait(timeout=30)
+        yield data[start : start + size]
+        time.sleep(0.01)
+
+
+def in_flight(url: str) -> float:
+    """Requests the service is serving now (with several processes, their sum)."""
+    return metric(url, "cxr_http_requests_in_flight")

@@ -40,6 +40,7 @@ CORE = [
     "service.results.source",
     "service.results.dicom_sr",
     "service.results.dicom_sc",
+    "service.shared_inference",
 ]
 
 

@@ -16,7 +16,6 @@ from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.batching import MicroBatcher
 from service.decode import png
 from service.decode.formats import FORMATS, NAMES
 from service.errors import ErrorCode, ServiceError
@@ -42,9 +41,10 @@ from service.http.schemas import (
 from service.http.ui import UI_PATHS, add_ui_routes
 from service.http.uploads import read_upload
 from service.memory import admission_limit
-from service.model import Model
-from service.predictor import Prediction, Predictor
+from service.model import Model, ModelFacts
+from service.predictor import Prediction, Predictor, batcher_for
 from service.settings import Settings
+from service.shared_inference import FrontendPlan, InferenceClient, Welcome
 from service.variant_choice import ServedModel, load_served_model
 
 logger = logging.getLogger("service")
@@ -82,13 +82,16 @@ UPLOAD_BODY = {
 class ServiceState:
     """What the routes need, created at start-up."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, frontend: FrontendPlan | None = None) -> None:
         self.settings = settings
         self.readiness = Readiness()
         self.served: ServedModel | None = None
         self.predictor: Predictor | None = None
         self.metrics = Metrics()
-        self.admission = Admission(admission_limit(settings))
+        if frontend is None:
+            self.admission = Admission(admission_limit(settings))
+        else:  # the host's bound, counted across frontends
+            self.admission = Admission(admission_limit(settings), frontend.in_flight, frontend.index)
         self.metrics.is_ready = lambda: self.readiness.ready
 
     def drain(self) -> None:
@@ -96,42 +99,19 @@ class ServiceState:
         self.readiness.set("draining", "the service is shutting down")
 
 
-def create_app(settings: Settings | None = None, *, served: ServedModel | None = None) -> FastAPI:
-    """Build the app; pass an already loaded model to skip loading (python -m service does)."""
+def create_app(
+    settings: Settings | None = None, *, served: ServedModel | None = None, frontend: FrontendPlan | None = None
+) -> FastAPI:
+    """Build the app; pass an already loaded model to skip loading (python -m service does), or the plan of a
+    frontend of the shared inference process (`CXR_INFERENCE=shared`), which loads no model."""
     settings = settings or Settings()
-    state = ServiceState(settings)
+    state = ServiceState(settings, frontend)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.served = served or await anyio.to_thread.run_sync(load_served_model, settings)
-        loaded = state.served.model
-        batcher = MicroBatcher(
-            loaded.predict,
-            run_with_heatmap=loaded.predict_with_heatmap if loaded.has_heatmap else None,
-            max_batch=settings.max_batch,
-            max_delay_s=settings.max_delay_ms / 1000.0,
-            max_queue=settings.max_queue,
-        )
-        predictor = Predictor.from_settings(loaded, batcher, settings)
-        state.predictor = predictor
-        state.metrics.watch(batcher, loaded)
-        problem = loaded.provider_problem(settings.execution_provider)
-        if problem is None:
-            state.readiness.set("warming", "warming up every batch size")
-            warm_up = asyncio.create_task(_warm_up(state, predictor))
-        else:
-            logger.error("not ready: %s", problem)
-            state.readiness.set("failed", problem)
-            warm_up = None
-        batcher.start()
-        try:
+        serving = _own_model(state, served) if frontend is None else _shared_inference(state, frontend)
+        async with serving:
             yield
-        finally:
-            state.drain()
-            if warm_up is not None:
-                warm_up.cancel()
-            await batcher.stop()
-            predictor.close()
 
     app = FastAPIOffline(  # a FastAPI app whose /docs and /redoc load their assets from this service, never a CDN
         title="cxr-effusion",
@@ -235,6 +215,88 @@ def _add_middleware(app: FastAPI, state: ServiceState) -> None:
         app.add_middleware(PathPrefix, root_path=settings.root_path)
 
 
+@asynccontextmanager
+async def _own_model(state: ServiceState, served: ServedModel | None) -> AsyncIterator[None]:
+    """One process: load (unless given), warm up and run the model here, with its own micro-batcher."""
+    settings = state.settings
+    state.served = served or await anyio.to_thread.run_sync(load_served_model, settings)
+    loaded = state.served.model
+    assert isinstance(loaded, Model)
+    batcher = batcher_for(loaded, settings)
+    predictor = Predictor.from_settings(loaded, batcher, settings)
+    state.predictor = predictor
+    state.metrics.watch(batcher, loaded)
+    problem = loaded.provider_problem(settings.execution_provider)
+    if problem is None:
+        state.readiness.set("warming", "warming up every batch size")
+        warm_up = asyncio.create_task(_warm_up(state, predictor))
+    else:
+        logger.error("not ready: %s", problem)
+        state.readiness.set("failed", problem)
+        warm_up = None
+    batcher.start()
+    try:
+        yield
+    finally:
+        state.drain()
+        if warm_up is not None:
+            warm_up.cancel()
+        await batcher.stop()
+        predictor.close()
+
+
+@asynccontextmanager
+async def _shared_inference(state: ServiceState, plan: FrontendPlan) -> AsyncIterator[None]:
+    """A frontend: decode here, infer in the host's inference process; ready only when it is and every frontend is up."""
+    client = InferenceClient(address=plan.address, authkey=plan.authkey, block=plan.block, slots=plan.slots, frontend=plan.index)
+    client.start()
+    state.readiness.set("warming", "waiting for the inference process")
+    follow = asyncio.create_task(_follow_host(state, client, plan))
+    try:
+        yield
+    finally:
+        state.drain()
+        follow.cancel()
+        plan.up[plan.index] = 0
+        await client.stop()
+        if state.predictor is not None:
+            state.predictor.close()
+
+
+async def _follow_host(state: ServiceState, client: InferenceClient, plan: FrontendPlan) -> None:
+    """Keep this frontend's readiness the host's: the inference process connected (it opens its socket only once
+    warm) and every frontend up. Polled, because the other processes tell nothing: a death is a closed socket or a
+    cell the supervisor zeroed."""
+    welcome: Welcome | None = None
+    while True:
+        if client.welcome is not None and client.welcome is not welcome:  # a first or a replaced inference process
+            welcome = client.welcome
+            state.served = ServedModel(welcome.facts, welcome.variant, welcome.reason)
+            state.metrics.identify(welcome.facts)
+            if state.predictor is None:
+                predictor = Predictor.from_settings(welcome.facts, client, state.settings)
+                try:
+                    await anyio.to_thread.run_sync(predictor.start_decoders)
+                except Exception as error:
+                    logger.error("warm-up failed: %s", error)
+                    state.readiness.set("failed", f"warm-up failed: {type(error).__name__}")
+                    return
+                state.predictor = predictor
+                plan.up[plan.index] = 1
+            state.predictor.model = welcome.facts
+        waiting = sum(1 for up in plan.up if not up)
+        if not client.connected:
+            state.readiness.set("warming", "waiting for the inference process (starting, or replacing one that stopped)")
+        elif welcome is not None and welcome.problem is not None:
+            state.readiness.set("failed", welcome.problem)
+        elif waiting:
+            state.readiness.set("warming", f"{waiting} of {len(plan.up)} frontends are starting")
+        elif state.readiness.status != "ready":
+            state.readiness.set("ready")
+            logger.info("ready: frontend %d of the shared inference process (%s)", plan.index, client.welcome.facts.execution_provider if client.welcome else "?")
+        await asyncio.sleep(0.05)
+
+
 async def _warm_up(state: ServiceState, predictor: Predictor) -> None:
     settings, model = state.settings, predictor.model
     try:
@@ -264,7 +326,7 @@ def _ready_predictor(state: ServiceState) -> Predictor:
     return state.predictor
 
 
-def _model_info(model: Model) -> ModelInfo:
+def _model_info(model: Model | ModelFacts) -> ModelInfo:
     return ModelInfo(name=model.contract.model_name, version=model.contract.model_version, sha256=model.sha256)
 
 
@@ -272,7 +334,7 @@ def _variant_info(served: ServedModel) -> VariantInfo:
     return VariantInfo(name=served.variant, reason=served.reason)
 
 
-def _prediction_response(prediction: Prediction, model: Model, request_id: str) -> PredictionResponse:
+def _prediction_response(prediction: Prediction, model: Model | ModelFacts, request_id: str) -> PredictionResponse:
     return PredictionResponse(
         effusion_probability=prediction.probability,
         label=prediction.label,

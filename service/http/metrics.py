@@ -7,7 +7,9 @@ Under `python -m service --workers N` prometheus_client runs in multiprocess mod
 PROMETHEUS_MULTIPROC_DIR): every worker writes its values to that folder and /metrics, whichever
 worker answers, adds them up. That mode has no function gauges and no Info metric, so the
 readiness and queue gauges are sampled on every request and every scrape, and the model's identity
-is a gauge with labels (`cxr_model_info`, value 1).
+is a gauge with labels (`cxr_model_info`, value 1). Under `CXR_INFERENCE=shared` the inference
+process writes the batch, inference and queue metrics to the same folder, and the frontends the
+HTTP ones; the supervisor marks a dead process's live gauges dead (`mark_process_dead`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from prometheus_client import (
 )
 
 from service.batching import MicroBatcher
-from service.model import Model
+from service.model import Model, ModelFacts
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -90,10 +92,14 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, batcher: MicroBatcher, model: Model) -> None:
+    def watch(self, batcher: MicroBatcher, model: Model | ModelFacts) -> None:
         """Follow a started service: batch sizes and durations, its queue, and its model's identity."""
         batcher.on_batch = self.observe_batch
         self.queued = lambda: batcher.queue_depth
+        self.identify(model)
+
+    def identify(self, model: Model | ModelFacts) -> None:
+        """Name the served model (a frontend of the shared inference process has only this of the model)."""
         contract = model.contract
         self.model.labels(
             contract.model_name, contract.model_version, model.sha256, contract.preprocessing_id, model.execution_provider

@@ -27,6 +27,7 @@ from typing import Any
 import uvicorn
 
 from service.settings import Settings
+from service.shared_inference import FrontendPlan
 
 logger = logging.getLogger("service")
 
@@ -77,8 +78,11 @@ def serve_workers(settings: Settings, config_options: dict[str, Any], workers: i
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def run_worker(settings: Settings, config_options: dict[str, Any], sock: socket.socket, parent: int) -> None:
-    """One worker: load and check the model, then serve the inherited socket until drained."""
+def run_worker(
+    settings: Settings, config_options: dict[str, Any], sock: socket.socket, parent: int, frontend: FrontendPlan | None = None
+) -> None:
+    """One worker: load and check the model (a frontend of the shared inference process loads none), then serve the
+    inherited socket until drained."""
     import logging.config
 
     from service.http.app import create_app
@@ -91,14 +95,18 @@ def run_worker(settings: Settings, config_options: dict[str, Any], sock: socket.
     os.setpgrp()  # Ctrl-C reaches the parent only, which passes it on once (a second signal would cut the drain short)
     drain_when_orphaned(parent)
     logging.config.dictConfig(config_options["log_config"])
-    try:
-        served = load_served_model(settings)
-    except ModelError as error:
-        print(f"error: model refused: {error}", file=sys.stderr)
-        sys.exit(2)
-    app = create_app(settings, served=served)
+    if frontend is None:
+        try:
+            served = load_served_model(settings)
+        except ModelError as error:
+            print(f"error: model refused: {error}", file=sys.stderr)
+            sys.exit(2)
+        app = create_app(settings, served=served)
+        logger.info("worker %d serving the %s variant: %s", os.getpid(), served.variant, served.reason)
+    else:
+        app = create_app(settings, frontend=frontend)
+        logger.info("frontend %d started (pid %d)", frontend.index, os.getpid())
     capture_native_stderr(app.state.service.metrics.native_stderr_lines.inc)
-    logger.info("worker %d serving the %s variant: %s", os.getpid(), served.variant, served.reason)
     config = uvicorn.Config(app, http=limited_protocol(settings), **config_options)
     DrainingServer(config, on_drain=app.state.service.drain, drain_delay_s=settings.drain_delay_s).run(sockets=[sock])
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from testkit.live_server import metric, running_service
+from testkit.live_server import held_back, in_flight, metric, running_service
 
 EXIT_STATUSES = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
 
@@ -44,27 +43,16 @@ def test_sigterm_turns_ready_503_at_once_and_refuses_new_work(mean_model: Path, 
         assert "draining" in server.log()
 
 
-def held_back(data: bytes, release: threading.Event, pieces: int = 40) -> Iterator[bytes]:
-    """A request body that stalls half-way until `release` is set: the request stays in flight."""
-    size = -(-len(data) // pieces)
-    for index, start in enumerate(range(0, len(data), size)):
-        if index == pieces // 2:
-            assert release.wait(timeout=30)
-        yield data[start : start + size]
-        time.sleep(0.01)
-
-
-def in_flight(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("cxr_http_requests_in_flight ")))
-
-
-def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png: Path) -> None:
+@pytest.mark.parametrize("mode", [{}, {"CXR_WORKERS": "2", "CXR_INFERENCE": "shared"}], ids=["one-process", "shared-inference"])
+def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png: Path, mode: dict[str, str]) -> None:
     """Every request either completes (200) or is refused cleanly (503); none is cut mid-flight.
 
-    Clients behave like a load balancer: they stop sending once they have seen the service
-    draining. An upload held back half-way straddles the listener closing, so uvicorn's own
-    wait for in-flight requests is exercised too.
+    Clients behave like a load balancer: they stop sending once one of them has seen the service
+    draining (a client that stopped only on its own refusal could send a request at the instant
+    the listener closes, after a slow answer that took the whole delay: uvicorn closes a
+    connection whose request it has not read yet, which the delay exists to avoid). An upload held back half-way straddles the listener closing, so uvicorn's own
+    wait for in-flight requests is exercised too. Under the shared inference process the
+    supervisor stops the inference process only after both frontends have finished.
     """
     scan = nih_png.read_bytes()
     delay = 1.0
@@ -74,6 +62,7 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
         "CXR_MAX_BATCH": "2",
         "CXR_INTRA_OP_THREADS": "1",
         "CXR_MAX_QUEUE": "64",
+        **mode,
     }
     outcomes: list[tuple[str, object, float, float]] = []  # (kind, detail, started, finished)
     lock = threading.Lock()
@@ -84,8 +73,10 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
         with lock:
             outcomes.append((kind, detail, started, time.monotonic()))
 
+    draining_seen = threading.Event()  # like a balancer: once any client saw "draining", none sends new work
+
     def worker(url: str) -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not draining_seen.is_set():
             started = time.monotonic()
             try:
                 response = httpx.post(f"{url}/predict", files={"file": ("a.png", scan)}, timeout=30)
@@ -100,6 +91,7 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
                 assert "retry-after" in response.headers
             record(str(response.status_code), code, started)
             if code == "not_ready":
+                draining_seen.set()
                 return  # the service said it is draining: go elsewhere
 
     release = threading.Event()
@@ -114,7 +106,11 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
         except httpx.TransportError as error:
             record("cut", type(error).__name__, started)
 
-    with running_service(slow_model, **env) as server, ThreadPoolExecutor(9) as pool:
+    with running_service(slow_model, ready_timeout=240, **env) as server, ThreadPoolExecutor(9) as pool:
+        deadline = time.monotonic() + 120
+        while metric(server.url, "cxr_ready") < int(mode.get("CXR_WORKERS", "1")):  # every frontend, not only one
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
         slow = pool.submit(slow_upload, server.url)
         while in_flight(server.url) < 1:  # the slow upload is accepted and past the readiness check
             time.sleep(0.02)
