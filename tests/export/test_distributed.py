@@ -75,3 +75,29 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     ddp, rounding, share = (relative_difference(weights["one"], weights[name]) for name in ("two", "threads", "share"))
     print(f"relative weight difference to one process: DDP {ddp:.2e}, two threads {rounding:.2e}, half batch {share:.2e}")
     assert 0 < ddp < 3 * rounding and share > 10 * ddp
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """`train` with 2 gloo ranks: stopped after one epoch and resumed, it ends where an uninterrupted run ends."""
+    data = tmp_path / "synthetic"
+    write_dataset(data, count=8, seed=0, size=256)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "model_export", "train"]
+    common = ["--data", str(data), "--epochs", "2", "--batch-size", "4", "--val-fraction", "0.25", "--test-fraction", "0.25",
+              "--workers", "1", "--device", "cpu"]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+    def train(*args: str) -> None:
+        completed = subprocess.run([*launcher, *args], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+
+    train(*common, "--output", str(tmp_path / "straight"))
+    train(*common, "--output", str(tmp_path / "resumed"), "--max-minutes", "0.0001")  # one epoch always runs, then it stops
+    assert len(json.loads((tmp_path / "resumed" / "history.json").read_text())) == 1
+    train("--output", str(tmp_path / "resumed"), "--resume")
+    history = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2] and (tmp_path / "resumed" / "curves.png").exists()
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name
