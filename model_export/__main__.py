@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 
@@ -34,24 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
         "validation AUROC. Mixed precision is used on CUDA.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    from model_export.config import TrainConfig, defaults
+
+    default = defaults(TrainConfig)
     train.add_argument("--data", type=Path, help="(required unless --resume) class-folder root (effusion/, nofinding/), or the image root that --labels refers to")
     train.add_argument("--labels", type=Path, help="NIH Data_Entry_2017.csv, or a filename,label,patient_id CSV; images are found by name anywhere under --data")
-    train.add_argument("--output", type=Path, required=True, help="run directory (config, split, checkpoints, history)")
-    train.add_argument("--epochs", type=int, default=40, help="most epochs to train (also the schedule's length)")
+    train.add_argument("--output", type=Path, required=True, help="run directory (config, split, checkpoints, history, curves)")
+    train.add_argument("--epochs", type=int, default=default["epochs"], help="most epochs to train (also the schedule's length)")
     train.add_argument("--max-minutes", type=float, help="stop before an epoch that would end past this many minutes of this invocation (at least one epoch runs)")
-    train.add_argument("--batch-size", type=int, default=16, help="images per optimiser step")
-    train.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW peak learning rate of the one-cycle schedule")
-    train.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    train.add_argument("--class-weights", default="auto", help="cross-entropy weights: auto (inverse class frequency in train), none, or W0,W1")
-    train.add_argument("--rotation-degrees", type=float, default=10.0, help="random rotation range ±degrees (the only augmentation)")
-    train.add_argument("--rotation-probability", type=float, default=0.5, help="share of training images rotated")
-    train.add_argument("--patience", type=int, default=10, help="stop after this many epochs without a better validation AUROC")
-    train.add_argument("--val-fraction", type=float, default=0.2, help="share of patients (per class) in validation")
-    train.add_argument("--test-fraction", type=float, default=0.2, help="share of patients (per class) in test")
-    train.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights, shuffling and rotations")
-    train.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    train.add_argument("--workers", type=int, default=2, help="threads that decode and preprocess images (once; results are cached)")
+    train.add_argument("--batch-size", type=int, default=default["batch_size"], help="images per optimiser step (the global batch: under torchrun split over the ranks)")
+    train.add_argument("--learning-rate", type=float, default=default["learning_rate"], help="AdamW peak learning rate of the one-cycle schedule")
+    train.add_argument("--weight-decay", type=float, default=default["weight_decay"], help="AdamW weight decay")
+    train.add_argument("--class-weights", default=default["class_weights"], help="cross-entropy weights: auto (inverse class frequency in train), none, or W0,W1")
+    train.add_argument("--rotation-degrees", type=float, default=default["rotation_degrees"], help="random rotation range ±degrees (the only augmentation)")
+    train.add_argument("--rotation-probability", type=float, default=default["rotation_probability"], help="share of training images rotated")
+    train.add_argument("--patience", type=int, default=default["patience"], help="stop after this many epochs without a better validation AUROC")
+    train.add_argument("--val-fraction", type=float, default=default["val_fraction"], help="share of patients (per class) in validation")
+    train.add_argument("--test-fraction", type=float, default=default["test_fraction"], help="share of patients (per class) in test")
+    train.add_argument("--official-split", action="store_true", help="NIH's patient-wise test_list.txt (beside --labels) is the test split; validation is --val-fraction of the train_val patients")
+    train.add_argument("--seed", type=int, default=default["seed"], help="seed of the split, initial weights, shuffling and rotations")
     train.add_argument("--cache-dir", type=Path, help="where preprocessed tensors are cached (default: <output>/cache)")
+    add_scale_options(train, device=default["device"])
     train.add_argument("--resume", action="store_true", help="continue the run in --output from last.pt with its saved settings; only --max-minutes applies anew")
 
     evaluate = commands.add_parser(
@@ -180,6 +184,17 @@ def add_pool_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--seed", type=int, default=0, help="seed of the folds, initial weights, shuffling and augmentation")
     command.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="where preprocessed pool tensors are cached")
     command.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); the weights depend on it bit for bit")
+    add_scale_options(command, device="cpu")
+
+
+def add_scale_options(command: argparse.ArgumentParser, *, device: str) -> None:
+    """Options every training command shares: where it runs, how it reads data, where it starts from."""
+    from model_export.cache import DTYPES
+
+    command.add_argument("--device", default=device, help="cpu, cuda or auto; under torchrun, cuda means each rank's own GPU (NCCL), cpu means gloo")
+    command.add_argument("--workers", type=int, default=2, help="processes that decode new scans into the cache and DataLoader workers that read batches (results do not depend on it)")
+    command.add_argument("--init", help="initial weights: a torchvision ResNet18 (ImageNet) state dict or a checkpoint of an earlier run, or `imagenet` (torch's local hub cache; never downloaded); default: random")
+    command.add_argument("--cache-dtype", choices=DTYPES, default=DTYPES[0], help="stored dtype of the scan cache: float32 is exact; float16 and uint8 halve and quarter the disk (docs/training.md measures the error)")
 
 
 def set_threads(threads: int) -> None:
@@ -190,18 +205,28 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def current_world(device: str):  # noqa: ANN201  # a model_export.distributed.World; torch loads only here
+    """This process's place under torchrun (or the one process), on the asked device."""
+    from model_export.distributed import world
+    from model_export.train import choose_device
+
+    return world(choose_device(device))
+
+
 def run_cv(args: argparse.Namespace) -> None:
     from model_export.cv import run_cv as cross_validate
     from model_export.recipes import resolve
 
     set_threads(args.threads)
     recipe = resolve(args.recipe, args.set)
+    world = current_world(args.device)
     report = cross_validate(
         args.data, recipe, args.output, recipe_name=args.recipe + "".join(f" {item}" for item in args.set),
-        nih_labels=args.nih_labels, folds=args.folds, seed=args.seed, cache_dir=args.cache_dir,
-        resamples=args.bootstrap, command=args.command_line, only_folds=args.only_folds,
+        nih_labels=args.nih_labels, folds=args.folds, seed=args.seed, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
+        resamples=args.bootstrap, command=args.command_line, world=world, workers=args.workers, init=args.init,
+        only_folds=args.only_folds,
     )  # fmt: skip
-    if report is None:
+    if report is None or not world.is_main:
         return
     row = report["oof"]["effusion_vs_nofinding"]
     print(
@@ -215,11 +240,14 @@ def run_fit(args: argparse.Namespace) -> None:
     from model_export.recipes import resolve
 
     set_threads(args.threads)
+    world = current_world(args.device)
     summary = fit_final(
         args.data, resolve(args.recipe, args.set), args.output, recipe_name=args.recipe + "".join(f" {item}" for item in args.set),
-        nih_labels=args.nih_labels, seed=args.seed, cache_dir=args.cache_dir, stop_after_epochs=args.stop_after_epochs,
-        command=args.command_line,
+        nih_labels=args.nih_labels, seed=args.seed, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
+        stop_after_epochs=args.stop_after_epochs, command=args.command_line, world=world, workers=args.workers, init=args.init,
     )  # fmt: skip
+    if not world.is_main:
+        return
     print(f"trained on {summary['scans']} scans for {len(summary['epoch_sha256'])} epochs in {summary['minutes']:.1f} min; run in {args.output}")
 
 
@@ -238,30 +266,14 @@ def run_card(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    from model_export.config import TrainConfig
     from model_export.errors import DataError
-    from model_export.train import TrainConfig, train
+    from model_export.train import train
 
     if args.data is None and not args.resume:
         raise DataError("--data is required to start a run")
-    config = TrainConfig(
-        data=str(args.data),
-        labels=str(args.labels) if args.labels else None,
-        output=str(args.output),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        class_weights=args.class_weights,
-        rotation_degrees=args.rotation_degrees,
-        rotation_probability=args.rotation_probability,
-        patience=args.patience,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        device=args.device,
-        workers=args.workers,
-        cache_dir=str(args.cache_dir) if args.cache_dir else None,
-    )
+    given = {field.name: getattr(args, field.name) for field in fields(TrainConfig)}
+    config = TrainConfig(**{key: str(value) if isinstance(value, Path) else value for key, value in given.items()})
     result = train(config, max_minutes=args.max_minutes, resume=args.resume)
     print(
         f"best validation AUROC {result.best_val_auroc:.3f} at epoch {result.best_epoch}; "

@@ -29,8 +29,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from model_export.distributed import SINGLE, World
 from model_export.fit import effusion_index, fit, mask_top_corners, output_names, predict_logits
-from model_export.pool import LABELS, Scan, downsample, pool_tensors, read_pool
+from model_export.init import initial_weights
+from model_export.pool import LABELS, Downsampled, Scan, downsample, pool_tensors, read_pool
 from model_export.recipes import Recipe
 
 THUMBNAIL = 32
@@ -137,30 +139,36 @@ def run_cv(
     folds: int = 5,
     seed: int = 0,
     cache_dir: Path | None = None,
+    cache_dtype: str = "float32",
     resamples: int = 2000,
     command: str = "",
     only_folds: Sequence[int] | None = None,
     log: Callable[[str], None] = print,
+    world: World = SINGLE,
+    workers: int = 2,
+    init: str | None = None,
 ) -> dict[str, Any] | None:
     """Cross-validate `recipe`; write recipe.json, oof.csv and report.json into `output`; return the report.
 
     Each finished fold is kept (`fold-K.npz`), so an interrupted run resumes where it stopped.
     `only_folds` trains just those folds (several processes or machines can share one run's folds);
-    the report is written, and returned, once every fold's file exists.
+    the report is written, and returned, once every fold's file exists. Under torchrun every rank
+    fits every fold together and only rank 0 writes.
     """
     started = time.monotonic()
+    start_weights, provenance = initial_weights(init) if init else (None, None)
     output.mkdir(parents=True, exist_ok=True)
     scans = read_pool(roots, nih_labels)
-    tensors = pool_tensors(scans, cache_dir or output / "cache")
-    images = downsample(tensors, recipe.resolution)
+    tensors = world.main_first(lambda: pool_tensors(scans, cache_dir or output / "cache", workers=workers, dtype=cache_dtype))
+    images = Downsampled(tensors, recipe.resolution)
     thumbnails = downsample(tensors, THUMBNAIL).reshape(len(scans), -1)
     fold_of = assign_folds(scans, folds, seed)
     targets = target_matrix(recipe, scans)
     labels = np.array([scan.effusion for scan in scans])
     usable = np.array([trains_on(recipe, scan) for scan in scans])
-    (output / "recipe.json").write_text(
-        json.dumps({"name": recipe_name, "recipe": recipe.describe(), "folds": folds, "seed": seed, "command": command}, indent=2) + "\n"
-    )
+    if world.is_main:
+        recipe_json = {"name": recipe_name, "recipe": recipe.describe(), "folds": folds, "seed": seed, "command": command}
+        (output / "recipe.json").write_text(json.dumps(recipe_json, indent=2) + "\n")
     index = effusion_index(recipe)
     logits = np.zeros(len(scans), dtype=np.float32)
     masked = np.zeros(len(scans), dtype=np.float32)
@@ -179,15 +187,20 @@ def run_cv(
             logits[held_out], masked[held_out], minutes = kept["logits"], kept["masked"], float(kept["minutes"])
         else:
             fold_started = time.monotonic()
-            network = fit(recipe, images[train], targets[train], seed=seed * 1000 + fold, description=f"fold {fold + 1}/{folds}")
-            logits[held_out] = predict_logits(network, images[held_out], index=index)
-            corners = mask_top_corners(torch.from_numpy(images[held_out]), recipe.resolution).numpy()
+            network = fit(
+                recipe, images.take(train), targets[train], seed=seed * 1000 + fold, description=f"fold {fold + 1}/{folds}",
+                world=world, workers=workers, init=start_weights,
+            )  # fmt: skip
+            held_out_images = images[held_out]
+            logits[held_out] = predict_logits(network, held_out_images, index=index)
+            corners = mask_top_corners(torch.from_numpy(held_out_images), recipe.resolution).numpy()
             masked[held_out] = predict_logits(network, corners, index=index)
             minutes = (time.monotonic() - fold_started) / 60
-            partial = saved.with_suffix(f".{os.getpid()}.partial")
-            with partial.open("wb") as stream:  # a whole file or none: another process may be reading the folder
-                np.savez(stream, logits=logits[held_out], masked=masked[held_out], minutes=minutes)
-            partial.replace(saved)
+            if world.is_main:
+                partial = saved.with_suffix(f".{os.getpid()}.partial")
+                with partial.open("wb") as stream:  # a whole file or none: another process may be reading the folder
+                    np.savez(stream, logits=logits[held_out], masked=masked[held_out], minutes=minutes)
+                partial.replace(saved)
         reference[held_out] = reference_scores(thumbnails, labels, np.flatnonzero(fold_of != fold), held_out)
         fold_minutes.append(minutes)
         log(f"fold {fold + 1}/{folds}: {len(train)} training scans, {len(held_out)} scored, {minutes:.1f} min")
@@ -195,7 +208,8 @@ def run_cv(
         log(f"folds {', '.join(str(fold + 1) for fold in missing)} of {folds} not trained yet: rerun without --fold once they are, for the report")
         return None
 
-    write_oof(output / "oof.csv", scans, fold_of, logits, masked, reference)
+    if world.is_main:
+        write_oof(output / "oof.csv", scans, fold_of, logits, masked, reference)
     scores = {"cnn": logits, "cnn_top_corners_masked": masked, "reference": reference}
     report = {
         "recipe": recipe_name,
@@ -210,9 +224,11 @@ def run_cv(
         "oof": score_table(scans, scores, resamples=resamples, seed=seed),
         "per_fold": per_fold(scans, fold_of, scores),
         "minutes": {"folds": fold_minutes, "total": sum(fold_minutes)},
+        **({"initial_weights": provenance} if provenance else {}),
         "wall_minutes_this_invocation": (time.monotonic() - started) / 60,
     }
-    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if world.is_main:
+        (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -1,8 +1,8 @@
 """Training data: find labelled scans, split them by patient, and turn them into model tensors.
 
-Decoding and preprocessing are the service's own per-upload step (`service.prepare.prepare`:
-`service.decode.decode`, then `service.preprocessing.preprocess`), so training sees exactly
-the numbers the service computes for the same file. Three layouts are read:
+Decoding and preprocessing are the service's own (`service.decode.decode`, then
+`service.preprocessing.preprocess`, through `model_export.cache.scan_tensor`), so training sees
+exactly the numbers the service computes for the same file. Three layouts are read:
 
 - class folders: `<root>/effusion/*` and `<root>/nofinding/*` (the Kaggle cxr-dataset);
 - NIH ChestX-ray14 `Data_Entry_2017.csv` ("Image Index", "Finding Labels", "Patient ID")
@@ -14,23 +14,19 @@ the numbers the service computes for the same file. Three layouts are read:
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import random
 import re
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model_export.cache import read_scan
 from model_export.errors import DataError
-from service.errors import ServiceError
-from service.prepare import prepare
 from service.preprocessing import OUTPUT_SIZE, PREPROCESSING_ID
-from service.settings import DEFAULT_MAX_PIXELS
 
 CLASS_FOLDERS = ("nofinding", "effusion")  # index = the network's class index
 NIH_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
@@ -199,12 +195,12 @@ def split_by_patient(samples: Sequence[Sample], *, val_fraction: float, test_fra
     parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for label, patients in strata.items():
         rng.shuffle(patients)
-        n_test = max(1, round(len(patients) * test_fraction))
+        n_test = max(1, round(len(patients) * test_fraction)) if test_fraction > 0 else 0
         n_val = max(1, round(len(patients) * val_fraction))
         if len(patients) < n_test + n_val + 1:
             raise DataError(
                 f"only {len(patients)} patients with {CLASS_FOLDERS[label]} images: too few to give "
-                "train, validation and test one each"
+                f"train, validation{' and test' if test_fraction > 0 else ''} one each"
             )
         chosen = {"test": patients[:n_test], "val": patients[n_test : n_test + n_val], "train": patients[n_test + n_val :]}
         for name, group in chosen.items():
@@ -214,60 +210,28 @@ def split_by_patient(samples: Sequence[Sample], *, val_fraction: float, test_fra
     return Split(seed=seed, **parts)
 
 
-def load_tensors(samples: Sequence[Sample], *, cache_dir: Path | None = None, workers: int = 2) -> np.ndarray:
-    """Decode and preprocess every sample with the service's functions: float32 [N, 1, 256, 256].
-
-    With `cache_dir`, the result is kept as an .npy file keyed by the preprocessing ID and the
-    files' paths, sizes and modification times, and memory-mapped on later calls, so epochs and
-    later commands never decode twice. Unreadable files stop the run with one line per file.
-    """
-    cache = cache_dir / f"tensors-{cache_key(samples)}.npy" if cache_dir is not None else None
-    if cache is not None and cache.exists():
-        return np.load(cache, mmap_mode="r")
-    shape = (len(samples), 1, OUTPUT_SIZE, OUTPUT_SIZE)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.partial")
-        tensors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
-    else:
-        tensors = np.empty(shape, dtype=np.float32)
-
-    failures = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for index, (tensor, problem) in enumerate(pool.map(read_tensor, (sample.path for sample in samples))):
-            if problem is None:
-                tensors[index] = tensor
-            else:
-                failures.append(f"  {samples[index].path}: {problem}")
-    if failures:
-        if cache is not None:
-            del tensors
-            partial.unlink()
-        raise DataError(f"{len(failures)} of {len(samples)} images cannot be used:\n" + "\n".join(failures))
-    if cache is None:
-        return tensors
-    tensors.flush()
-    del tensors
-    partial.replace(cache)
-    return np.load(cache, mmap_mode="r")
-
-
-def read_tensor(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """(tensor [1, 256, 256], None) or (None, why the file cannot be used)."""
+def official_split(samples: Sequence[Sample], test_list: Path, *, val_fraction: float, seed: int) -> Split:
+    """NIH's own patient-wise split: test = the files of `test_list.txt`; validation = a seeded share of
+    the other (train_val) patients, stratified as `split_by_patient` does. Results compare with published ones."""
     try:
-        return prepare(path.read_bytes(), DEFAULT_MAX_PIXELS).tensor[0], None
-    except ServiceError as error:
-        return None, f"{error.code}: {error.message}"
+        test_names = {line.strip() for line in test_list.read_text().splitlines() if line.strip()}
     except OSError as error:
-        return None, f"unreadable: {error.strerror or error}"
+        raise DataError(f"--official-split needs NIH's {test_list.name} beside the labels CSV: {error.strerror or error}") from error
+    test = [sample for sample in samples if sample.path.name in test_names]
+    train_val = [sample for sample in samples if sample.path.name not in test_names]
+    shared = {sample.patient_id for sample in test} & {sample.patient_id for sample in train_val}
+    if shared:
+        raise DataError(f"{test_list} is not patient-wise for these labels: {len(shared)} patients are in both lists")
+    check_classes(test, str(test_list))
+    carved = split_by_patient(train_val, val_fraction=val_fraction, test_fraction=0.0, seed=seed)
+    return Split(train=carved.train, val=carved.val, test=sorted(test, key=lambda sample: str(sample.path)), seed=seed)
 
 
-def cache_key(samples: Iterable[Sample]) -> str:
-    digest = hashlib.sha256(PREPROCESSING_ID.encode())
-    for sample in samples:
-        try:
-            stat = sample.path.stat()
-        except OSError as error:
-            raise DataError(f"{sample.path}: {error.strerror or error}") from error
-        digest.update(f"{sample.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
+def load_tensors(samples: Sequence[Sample]) -> np.ndarray:
+    """Decode and preprocess a few samples in memory: float32 [N, 1, 256, 256] (runs use the on-disk cache,
+    model_export/cache.py). Unreadable files stop with one line per file."""
+    results = [read_scan(sample.path) for sample in samples]
+    failures = [f"  {sample.path}: {problem}" for sample, (_, problem) in zip(samples, results) if problem is not None]
+    if failures:
+        raise DataError(f"{len(failures)} of {len(samples)} images cannot be used:\n" + "\n".join(failures))
+    return np.stack([tensor for tensor, _ in results]).reshape(len(samples), 1, OUTPUT_SIZE, OUTPUT_SIZE)

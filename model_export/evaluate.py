@@ -22,7 +22,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from model_export.network import load_trained, predict_probabilities
-from model_export.train import choose_device, load_split_tensors, read_config, read_split
+from model_export.rundir import load_split_tensors, read_config, read_split
+from model_export.train import choose_device
 
 THRESHOLD_RULE = "Youden's J (max sensitivity + specificity - 1) on the validation split, applied unchanged to test"
 REFERENCE = "logistic regression (L2, C=1, balanced class weights) on standardised 32x32 thumbnails"

@@ -31,7 +31,7 @@ from torch import nn
 from model_export.data import Sample, load_tensors
 from model_export.errors import ExportError
 from model_export.network import EffusionWithHeatmap, load_trained
-from model_export.train import read_config, read_split
+from model_export.rundir import read_config, read_split
 from service.model import HEATMAP_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, ModelError, contract_metadata, load_model
 
 OPSET = 18
@@ -90,6 +90,7 @@ def export_run(
             "checkpoint_epoch": checkpoint["epoch"],
         },
         validation_metrics=summary_metrics(report),
+        **({"initial_weights": json.loads((run / "init.json").read_text())} if (run / "init.json").exists() else {}),
         exporter=exporter_versions(opset),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         intended_use="research and integration testing, not for clinical use",

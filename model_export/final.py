@@ -26,13 +26,18 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
 
+from model_export.cache import scan_tensor
+from model_export.curves import plot_history
 from model_export.cv import read_oof, target_matrix, trains_on
+from model_export.distributed import SINGLE, World
 from model_export.errors import ExportError
 from model_export.export import ExportResult, export_model, exporter_versions, identity
 from model_export.fit import effusion_index, fit, output_names
+from model_export.init import initial_weights
 from model_export.network import binary_head, build_network
-from model_export.pool import downsample, pool_tensors, read_pool, scan_tensor
+from model_export.pool import Downsampled, pool_tensors, read_pool
 from model_export.recipes import Recipe
+from model_export.rundir import write_json
 from service.model import contract_metadata
 from service.preprocessing import OUTPUT_SIZE
 from service.settings import DEFAULT_MAX_PIXELS
@@ -74,29 +79,44 @@ def fit_final(
     nih_labels: Path | None = None,
     seed: int = 0,
     cache_dir: Path | None = None,
+    cache_dtype: str = "float32",
     stop_after_epochs: int | None = None,
     command: str = "",
+    world: World = SINGLE,
+    workers: int = 2,
+    init: str | None = None,
 ) -> dict[str, Any]:
-    """Train on every scan the recipe takes; write model.pt and final.json (recipe, pool, per-epoch weight hashes)."""
+    """Train on every scan the recipe takes; write model.pt and final.json (recipe, pool, per-epoch weight hashes).
+
+    Under torchrun every rank trains and only rank 0 writes.
+    """
     started = time.monotonic()
-    output.mkdir(parents=True, exist_ok=True)
+    start_weights, provenance = initial_weights(init) if init else (None, None)
+    if world.is_main:
+        output.mkdir(parents=True, exist_ok=True)
     scans = read_pool(roots, nih_labels)
     chosen = [scan for scan in scans if trains_on(recipe, scan)]
-    rows = np.array([trains_on(recipe, scan) for scan in scans])
-    images = downsample(pool_tensors(scans, cache_dir or output / "cache"), recipe.resolution)[rows]
+    rows = np.flatnonzero([trains_on(recipe, scan) for scan in scans])
+    tensors = world.main_first(lambda: pool_tensors(scans, cache_dir or output / "cache", workers=workers, dtype=cache_dtype))
+    images = Downsampled(tensors.take(rows), recipe.resolution)
     targets = target_matrix(recipe, chosen)
     hashes: list[str] = []
+    history: list[dict[str, float]] = []
 
     class Stop(Exception):
         pass
 
-    def record(epoch: int, loss: float, network: torch.nn.Module) -> None:
+    def record(row: dict[str, float], network: torch.nn.Module) -> None:
         hashes.append(state_sha256(network))
-        if stop_after_epochs is not None and epoch >= stop_after_epochs:
+        history.append(row)
+        if world.is_main:
+            write_json(output / "history.json", history)
+            plot_history(history, output / "curves.png")
+        if stop_after_epochs is not None and row["epoch"] >= stop_after_epochs:
             raise Stop
 
     try:
-        network = fit(recipe, images, targets, seed=seed, description="fit", on_epoch=record)
+        network = fit(recipe, images, targets, seed=seed, description="fit", on_epoch=record, world=world, workers=workers, init=start_weights)
     except Stop:
         network = None
     summary = {
@@ -110,9 +130,13 @@ def fit_final(
         "labels": {label: sum(scan.label == label for scan in chosen) for label in ("effusion", "nofinding", "other")},
         "epoch_sha256": hashes,
         "cpu": cpu_facts(),
+        "processes": world.size,
+        **({"initial_weights": provenance} if provenance else {}),
         "minutes": (time.monotonic() - started) / 60,
         "complete": network is not None,
     }
+    if not world.is_main:
+        return summary
     if network is not None:
         torch.save({"model": network.state_dict(), "outputs": summary["outputs"]}, output / "model.pt")
         summary["sha256"] = state_sha256(network)
@@ -243,6 +267,7 @@ def export_final(
             "patients": summary["patients"],
         },
         validation_metrics=metadata_metrics,
+        **({"initial_weights": summary["initial_weights"]} if "initial_weights" in summary else {}),
         exporter=exporter_versions(18),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         intended_use="research and integration testing, not for clinical use",

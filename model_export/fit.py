@@ -1,7 +1,7 @@
 """Fit one network on preprocessed tensors with a recipe: the step that every CV fold and the final model share.
 
-Plain steps in the way of torchvision's classification reference: `augment`, `train_one_epoch`,
-`fit`, `predict_logits`. Seeded throughout: the same recipe, tensors and seed give the same weights
+Plain steps in the way of torchvision's classification reference: `augment`, `train_one_epoch`
+(the loop `train` uses too, one process or torchrun), `fit`, `predict_logits`. Seeded throughout: the same recipe, tensors and seed give the same weights
 on the same kind of machine.
 """
 
@@ -12,13 +12,17 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import InterpolationMode, v2
 from tqdm import tqdm
 
+from model_export.distributed import SINGLE, World, use_global_batch_norm
+from model_export.init import apply_initial_weights
 from model_export.network import build_network
-from model_export.pool import EFFUSION, FINDINGS
+from model_export.pool import EFFUSION, FINDINGS, ArrayLike
 from model_export.recipes import Recipe
 
 BATCH_NORM_IMAGES = 512  # un-augmented training images that re-estimate BatchNorm statistics at the end
@@ -74,17 +78,26 @@ def mask_top_corners(images: torch.Tensor, side: int) -> torch.Tensor:
     return masked
 
 
-def masked_bce(recipe: Recipe, positive_weight: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def masked_bce(
+    recipe: Recipe, positive_weight: float, *, world_size: int = 1
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """Class-weighted BCE on the effusion output plus `aux_weight` x the mean BCE of the other findings.
 
-    Unknown findings (NaN targets: scans labelled only effusion / other) do not count.
+    Unknown findings (NaN targets: scans labelled only effusion / other) do not count. The loss takes
+    (logits, targets, the global batch's targets); on one of `world_size` > 1 ranks it is this rank's
+    share of the global batch's loss times `world_size`, so DDP's gradient average is the global gradient.
     """
     index = effusion_index(recipe)
     weight = torch.tensor(positive_weight)
 
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(logits: torch.Tensor, targets: torch.Tensor, batch_targets: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        main = nn.functional.binary_cross_entropy_with_logits(logits[:, index], targets[:, index], pos_weight=weight)
+        weight_here = weight.to(logits.device)
+        if world_size > 1:
+            return world_size * sharded_bce(
+                logits, targets, batch_targets, index=index, weight=weight_here, aux_weight=recipe.aux_weight
+            )
+        main = nn.functional.binary_cross_entropy_with_logits(logits[:, index], targets[:, index], pos_weight=weight_here)
         if logits.shape[1] == 1:
             return main
         others = torch.ones(logits.shape[1], dtype=torch.bool)
@@ -100,65 +113,139 @@ def masked_bce(recipe: Recipe, positive_weight: float) -> Callable[[torch.Tensor
     return loss
 
 
+def sharded_bce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    batch_targets: torch.Tensor,
+    *,
+    index: int,
+    weight: torch.Tensor,
+    aux_weight: float,
+) -> torch.Tensor:
+    """`masked_bce`'s terms summed over this rank's images and divided by the global batch's counts."""
+    main = nn.functional.binary_cross_entropy_with_logits(logits[:, index], targets[:, index], pos_weight=weight, reduction="sum")
+    main = main / len(batch_targets)
+    if logits.shape[1] == 1:
+        return main
+    others = torch.ones(logits.shape[1], dtype=torch.bool)
+    others[index] = False
+    known_anywhere = int((~torch.isnan(batch_targets[:, others])).sum())
+    if not known_anywhere:
+        return main
+    known = ~torch.isnan(targets[:, others])
+    terms = nn.functional.binary_cross_entropy_with_logits(logits[:, others][known], targets[:, others][known], reduction="sum")
+    return main + aux_weight * terms / known_anywhere
+
+
+class Batches(torch.utils.data.Dataset):
+    """Global batch `indices` -> (images, targets) as read from memory or the on-disk cache (no augmentation)."""
+
+    def __init__(self, images: ArrayLike, targets: np.ndarray) -> None:
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.images[indices], dtype=np.float32), self.targets[indices]
+
+
+def global_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The epoch's global batches in `order`, each sorted; a last batch of one image is dropped (BatchNorm needs two)."""
+    batches = [np.sort(order[start : start + batch_size]) for start in range(0, len(order), batch_size)]
+    return [batch for batch in batches if len(batch) >= 2]
+
+
 def train_one_epoch(
-    network: nn.Module,
-    images: np.ndarray,
+    model: nn.Module,
+    images: ArrayLike,
     targets: np.ndarray,
     *,
     order: np.ndarray,
-    recipe: Recipe,
+    batch_size: int,
     augment: Callable[[torch.Tensor], torch.Tensor],
-    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_function: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ema: AveragedModel | None,
+    ema: AveragedModel | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    autocast: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.channels_last,
+    world: World = SINGLE,
+    workers: int = 0,
     description: str = "",
 ) -> float:
-    """One pass over `images` in `order`; returns the mean training loss."""
-    network.train()
+    """One pass over `images` in `order`; returns the mean training loss. The loop every training command shares.
+
+    Batches are read by `workers` DataLoader processes (from the memory-mapped cache when `images`
+    is a view of it) and augmented here, in order, with the global torch generator: the numbers do
+    not depend on `workers`. Under DDP every rank augments the whole global batch and trains on its
+    part (`world.part`), so the result matches one process with the same global batch.
+    """
+    model.train()
     total = 0.0
-    steps = math.ceil(len(order) / recipe.batch_size)
-    for step in tqdm(range(steps), desc=description, leave=False, disable=None):
-        batch = np.sort(order[step * recipe.batch_size : (step + 1) * recipe.batch_size])
-        if len(batch) < 2:
-            continue  # BatchNorm cannot train on a single image
-        x = torch.stack([augment(image) for image in torch.from_numpy(images[batch])])
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.from_numpy(targets[batch])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
-            logits = network(x)
-        loss = loss_function(logits, y)
+    batches = global_batches(order, batch_size)
+    # its own generator, so that the global one's stream stays the augmentations' as it always was
+    loader = torch.utils.data.DataLoader(
+        Batches(images, targets), batch_size=None, sampler=batches, num_workers=workers, generator=torch.Generator()
+    )
+    for (x, y), batch in zip(tqdm(loader, desc=description, leave=False, disable=None), batches):
+        x = torch.stack([augment(image) for image in x])
+        part = world.part(len(batch)) if world.size > 1 else slice(None)
+        x = x[part].contiguous(memory_format=memory_format).to(world.device)
+        y_all = y.to(world.device)
+        with torch.autocast(world.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            logits = model(x)
+        loss = loss_function(logits, y_all[part], y_all)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update_parameters(network)
+            ema.update_parameters(model.module if world.size > 1 else model)
+        if world.size > 1:  # the global batch's loss, for the log
+            loss = loss.detach() / world.size
+            dist.all_reduce(loss)
         total += loss.item() * len(batch)
     return total / max(1, len(order))
 
 
 def fit(
     recipe: Recipe,
-    images: np.ndarray,
+    images: ArrayLike,
     targets: np.ndarray,
     *,
     seed: int,
     description: str = "",
-    on_epoch: Callable[[int, float, nn.Module], None] | None = None,
+    on_epoch: Callable[[dict[str, float], nn.Module], None] | None = None,
+    world: World = SINGLE,
+    workers: int = 0,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train a fresh network for `recipe.epochs` epochs (no early stopping: nothing is held out to stop on).
 
-    `images` are float32 [N, 1, r, r] at the recipe's resolution; `targets` float32 [N, outputs]
-    (NaN = unknown). Returns the network (the EMA weights when the recipe averages) in eval mode,
-    with BatchNorm statistics re-estimated on un-augmented training images.
+    `images` are float32 [N, 1, r, r] at the recipe's resolution (an array, or a `Downsampled` view of
+    the cache); `targets` float32 [N, outputs] (NaN = unknown). Returns the network (the EMA weights
+    when the recipe averages) in eval mode, with BatchNorm statistics re-estimated on un-augmented
+    training images. Under torchrun (`world`), ranks split each global batch of `recipe.batch_size`.
+    `init` (model_export/init.py) replaces the random initial weights where its tensors fit.
     """
     torch.manual_seed(seed)
     network = build_network(outputs=len(output_names(recipe))).to(memory_format=torch.channels_last)
+    if init is not None:
+        apply_initial_weights(network, init)
+    if world.size > 1:
+        network = use_global_batch_norm(network).to(world.device)
+    model = DistributedDataParallel(network) if world.size > 1 else network.to(world.device)
     index = effusion_index(recipe)
     positives = float(np.nansum(targets[:, index]))
     positive_weight = recipe.effusion_weight or (len(targets) - positives) / max(positives, 1.0)
-    loss_function = masked_bce(recipe, positive_weight)
+    loss_function = masked_bce(recipe, positive_weight, world_size=world.size)
     optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(images) / recipe.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -170,15 +257,18 @@ def fit(
         torch.manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(images)).numpy()
         loss = train_one_epoch(
-            network, images, targets, order=order, recipe=recipe, augment=augment, loss_function=loss_function,
-            optimizer=optimizer, scheduler=scheduler, ema=ema, description=f"{description} epoch {epoch}/{recipe.epochs}",
+            model, images, targets, order=order, batch_size=recipe.batch_size, augment=augment, loss_function=loss_function,
+            optimizer=optimizer, scheduler=scheduler, ema=ema, autocast=torch.bfloat16 if recipe.precision == "bf16" else None,
+            world=world, workers=workers, description=f"{description} epoch {epoch}/{recipe.epochs}",
         )  # fmt: skip
         if on_epoch is not None:
-            on_epoch(epoch, loss, network)
-    final = ema.module if ema is not None else network
+            on_epoch({"epoch": epoch, "train_loss": loss, "learning_rate": scheduler.get_last_lr()[0]}, network)
+    final = use_global_batch_norm(ema.module if ema is not None else network, on=False)
     generator = np.random.default_rng(seed)
-    recalibrate_batch_norm(final, images, generator.permutation(len(images))[:BATCH_NORM_IMAGES], batch_size=recipe.batch_size)
-    return final.eval()
+    recalibrate_batch_norm(
+        final, images, generator.permutation(len(images))[:BATCH_NORM_IMAGES], batch_size=recipe.batch_size, device=world.device
+    )
+    return final.cpu().eval()
 
 
 def recalibrate_batch_norm(

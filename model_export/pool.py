@@ -1,36 +1,31 @@
 """The labelled pool for cross-validation: every scan of several data roots, with all 14 NIH findings.
 
-A root is a folder with `labels.csv` (`filename,label[,finding_labels][,patient_id]...`, files in
+A root is NIH's release as downloaded (`Data_Entry_2017.csv` beside `images_0NN/images/*.png`), a
+folder with `labels.csv` (`filename,label[,finding_labels][,patient_id]...`, files in
 `<root>/<label>/<filename>`, the layout of ../shared/data) or plain class folders (`effusion/`,
 `nofinding/`, optional `other/`). `label` is `effusion`, `nofinding` or `other` (another finding,
 no effusion). NIH's own table (`Data_Entry_2017*.csv[.gz]`) adds the findings, view position, sex
 and age of every NIH file name it lists.
 
-Pixels go through the service's own decode and `preprocess`, so training sees the numbers the
-service computes. Scans smaller than the service accepts (the 64 px copies) are first enlarged by
-exact pixel repetition to 256 px: after the network's 4x4 area pooling that is the original grid again.
+Pixels go through the service's own decode and `preprocess` (`model_export.cache.scan_tensor`), so
+training sees the numbers the service computes; scans are decoded once into the on-disk cache.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
-from tqdm import tqdm
 
-from model_export.data import patient_id_for
+from model_export.cache import Cached, ScanCache
+from model_export.data import index_files, patient_id_for
 from model_export.errors import DataError
-from service.decode import decode
-from service.errors import ServiceError
-from service.preprocessing import OUTPUT_SIZE, PREPROCESSING_ID, preprocess
-from service.settings import DEFAULT_MAX_PIXELS
+from service.preprocessing import OUTPUT_SIZE
 
 # NIH ChestX-ray14's findings, in the order of the multi-label head (Wang et al. 2017).
 FINDINGS = (
@@ -39,6 +34,8 @@ FINDINGS = (
 )  # fmt: skip
 EFFUSION = FINDINGS.index("Effusion")
 LABELS = ("nofinding", "effusion", "other")
+NIH_TABLE = "Data_Entry_2017.csv"  # at the top of NIH's release, beside images_001/ ... images_012/
+ArrayLike = Union[np.ndarray, Cached, "Downsampled"]  # scans indexable by rows: in memory or read from the cache
 
 
 @dataclass(frozen=True)
@@ -81,8 +78,14 @@ def nih_table(path: Path) -> dict[str, dict[str, str]]:
 
 
 def read_root(root: Path, nih: dict[str, dict[str, str]] | None = None) -> list[Scan]:
-    """The labelled scans of one root (labels.csv or class folders), each with the file's width."""
-    rows = labelled_files(root)
+    """The labelled scans of one root (NIH's release, labels.csv or class folders), each with the file's width."""
+    if (root / NIH_TABLE).is_file():
+        nih = nih_table(root / NIH_TABLE)
+        index = index_files(root)
+        listed = [(name, row) for name, row in nih.items() if name in index]  # a partial download trains on what is there
+        rows = [(index[name], label_for(row["Finding Labels"]), row["Finding Labels"], row["Patient ID"]) for name, row in listed]
+    else:
+        rows = labelled_files(root)
     scans = []
     for path, label, findings, patient in rows:
         entry = (nih or {}).get(path.name, {})
@@ -163,56 +166,9 @@ def read_pool(roots: Sequence[Path], nih_labels: Path | None = None) -> list[Sca
     return scans
 
 
-def scan_tensor(path: Path) -> np.ndarray:
-    """The service's tensor [1, 256, 256] of one file; a smaller square scan is first pixel-repeated to 256."""
-    decoded = decode(path.read_bytes(), max_pixels=DEFAULT_MAX_PIXELS)
-    pixels = decoded.pixels
-    side = min(pixels.shape)
-    if side < OUTPUT_SIZE and OUTPUT_SIZE % side == 0 and pixels.shape[0] == pixels.shape[1]:
-        factor = OUTPUT_SIZE // side
-        pixels = np.repeat(np.repeat(pixels, factor, axis=0), factor, axis=1)
-    return preprocess(pixels)[0]
-
-
-def read_scan(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """(tensor, None), or (None, why the file cannot be used)."""
-    try:
-        return scan_tensor(path), None
-    except ServiceError as error:
-        return None, f"{error.code}: {error.message}"
-    except OSError as error:
-        return None, f"unreadable: {error.strerror or error}"
-
-
-def pool_tensors(scans: Sequence[Scan], cache_dir: Path, *, workers: int = 2) -> np.ndarray:
-    """float32 [N, 1, 256, 256] for the pool, memory-mapped from a cache keyed by preprocessing ID and file stats."""
-    digest = hashlib.sha256(PREPROCESSING_ID.encode())
-    for scan in scans:
-        stat = os.stat(scan.path)
-        digest.update(f"{Path(scan.path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    cache = cache_dir / f"pool-{digest.hexdigest()[:20]}.npy"
-    if cache.exists():
-        return np.load(cache, mmap_mode="r")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(f".{os.getpid()}.partial")
-    tensors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(scans), 1, OUTPUT_SIZE, OUTPUT_SIZE))
-    failures = []
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(read_scan, (Path(scan.path) for scan in scans))
-        for index, (tensor, problem) in enumerate(tqdm(results, total=len(scans), desc="decode", disable=None)):
-            if problem is None:
-                tensors[index] = tensor
-            else:
-                failures.append(f"  {scans[index].path}: {problem}")
-    if failures:
-        del tensors
-        partial.unlink()
-        raise DataError(f"{len(failures)} of {len(scans)} images cannot be used:\n" + "\n".join(failures))
-    tensors.flush()
-    del tensors
-    partial.replace(cache)
-    return np.load(cache, mmap_mode="r")
+def pool_tensors(scans: Sequence[Scan], cache_dir: Path, *, workers: int = 2, dtype: str = "float32") -> Cached:
+    """The pool's 256 px tensors, in pool order, from the on-disk scan cache (new or changed files decoded first)."""
+    return ScanCache(cache_dir, dtype=dtype).tensors([Path(scan.path) for scan in scans], workers=workers)
 
 
 def downsample(tensors: np.ndarray, resolution: int) -> np.ndarray:
@@ -226,6 +182,38 @@ def downsample(tensors: np.ndarray, resolution: int) -> np.ndarray:
         block = np.asarray(tensors[start : start + 256], dtype=np.float32)
         out[start : start + len(block)] = block.reshape(len(block), 1, resolution, factor, resolution, factor).mean(axis=(3, 5))
     return out
+
+
+@dataclass(frozen=True)
+class Downsampled:
+    """Scans area-averaged to `resolution` as they are read: the training view of the 256 px cache.
+
+    Indexing reads and averages only the rows asked for, with the same numbers as `downsample`
+    of the whole array, so memory does not grow with the pool.
+    """
+
+    source: ArrayLike  # [N, 1, 256, 256]
+    resolution: int
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), 1, self.resolution, self.resolution)
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        return downsample(np.asarray(self.source[key]), self.resolution)
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def take(self, indices: np.ndarray) -> Downsampled:
+        """Some scans, still read lazily."""
+        source = self.source.take(indices) if isinstance(self.source, (Cached, Downsampled)) else self.source[indices]
+        return Downsampled(source, self.resolution)
 
 
 def scan_rows(scans: Sequence[Scan]) -> list[dict[str, object]]:

@@ -1,9 +1,11 @@
-"""The training loop: class-weighted cross-entropy, ±10° rotations, AdamW with a one-cycle
-schedule, model selection and early stopping on validation AUROC, resumable checkpoints.
+"""`train`: one network on a seeded patient-level train/validation/test split, selected on validation AUROC.
 
-A run directory holds everything needed to evaluate, export or resume the run:
-`config.json`, `split.json` (every file per split), `history.json`, `best.pt` (the weights
-with the best validation AUROC) and `last.pt` (full state for `--resume`).
+Plain steps in the way of torchvision's classification reference (`references/classification/train.py`):
+`load_data`, `build` (network, optimiser, schedule, loss), `train_one_epoch` (the loop `fit` and
+`cv` share, in model_export/fit.py), `evaluate`, and `train` (the main loop: early stopping,
+checkpoints, `--resume`). Class-weighted cross-entropy, ±10° rotations, AdamW with a one-cycle
+schedule; mixed precision on CUDA. Under torchrun every rank trains on its part of each global
+batch and only rank 0 writes; the run directory's files are described in model_export/rundir.py.
 """
 
 from __future__ import annotations
@@ -12,46 +14,39 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchvision.transforms import InterpolationMode, v2
-from tqdm import tqdm
 
-from model_export.data import Split, find_samples, load_tensors, split_by_patient
+from model_export import distributed
+from model_export.cache import Cached
+from model_export.config import TrainConfig
+from model_export.curves import plot_history
+from model_export.data import Split, find_samples, official_split, split_by_patient
+from model_export.distributed import World, use_global_batch_norm
 from model_export.errors import DataError
-from model_export.fit import BATCH_NORM_IMAGES, recalibrate_batch_norm
+from model_export.fit import BATCH_NORM_IMAGES, recalibrate_batch_norm, train_one_epoch
+from model_export.init import apply_initial_weights, initial_weights
 from model_export.network import build_network, predict_probabilities
+from model_export.rundir import (
+    load_checkpoint,
+    load_split_tensors,
+    read_config,
+    read_split,
+    save_checkpoint,
+    write_config,
+    write_json,
+    write_split,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Every choice that shapes a run; saved as config.json and restored by --resume."""
-
-    data: str
-    output: str
-    labels: str | None = None
-    epochs: int = 40
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    class_weights: str = "auto"  # "auto" (inverse class frequency), "none", or "W0,W1"
-    rotation_degrees: float = 10.0
-    rotation_probability: float = 0.5
-    patience: int = 10
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 2
-    cache_dir: str | None = None  # default: <output>/cache
 
 
 @dataclass(frozen=True)
@@ -60,6 +55,104 @@ class TrainResult:
     best_val_auroc: float
     epochs_completed: int
     stop_reason: str
+
+
+@dataclass(frozen=True)
+class Data:
+    split: Split
+    train_x: Cached
+    val_x: Cached
+    train_y: np.ndarray
+    val_y: np.ndarray
+
+
+@dataclass
+class Training:
+    """What one run trains with; `model` is `network` wrapped for DDP when there are several ranks."""
+
+    network: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_function: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    augment: Callable[[torch.Tensor], torch.Tensor]
+    autocast: torch.dtype | None
+
+
+def load_data(config: TrainConfig, run: Path, *, resume: bool, world: World) -> Data:
+    """The run's split (drawn now, or read back on --resume) and its cached tensors; rank 0 writes and decodes first."""
+    if resume:
+        split = read_split(run)
+    else:
+        split = new_split(config)
+        if world.is_main:
+            write_config(run, config)
+            write_split(run, split)
+    train_x, val_x = world.main_first(lambda: load_split_tensors(split, config, ["train", "val"]))
+    logger.info("split (patient-level, seed %d): %s", split.seed, json.dumps(split.summary()))
+    labels = {name: np.array([sample.label for sample in samples]) for name, samples in split.parts().items()}
+    return Data(split, train_x, val_x, labels["train"], labels["val"])
+
+
+def new_split(config: TrainConfig) -> Split:
+    samples = find_samples(Path(config.data), Path(config.labels) if config.labels else None)
+    if config.official_split:
+        if not config.labels:
+            raise DataError("--official-split needs --labels Data_Entry_2017.csv (NIH's test_list.txt lies beside it)")
+        return official_split(samples, Path(config.labels).parent / "test_list.txt", val_fraction=config.val_fraction, seed=config.seed)
+    return split_by_patient(samples, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+
+
+def build(config: TrainConfig, data: Data, world: World) -> Training:
+    """Network, AdamW with its one-cycle schedule over every epoch, gradient scaler, weighted loss and augmentation."""
+    network = build_network()
+    if config.init:
+        apply_initial_weights(network, initial_weights(config.init)[0])
+    if world.size > 1:
+        network = use_global_batch_norm(network)
+    network = network.to(world.device)
+    model = DistributedDataParallel(network) if world.size > 1 else network
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+    )
+    amp = world.device.type == "cuda"
+    weights = class_weights(config.class_weights, data.train_y)
+    logger.info("device %s x %d (mixed precision: %s), class weights %s", world.device, world.size, amp, weights)
+    rotate = v2.RandomApply(
+        [v2.RandomRotation(config.rotation_degrees, interpolation=InterpolationMode.BILINEAR, fill=0.0)],
+        p=config.rotation_probability,
+    )
+    return Training(
+        network, model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp),
+        weighted_cross_entropy(torch.tensor(weights, dtype=torch.float32, device=world.device), world.size),
+        rotate, torch.float16 if amp else None,
+    )  # fmt: skip
+
+
+def weighted_cross_entropy(
+    weights: torch.Tensor, world_size: int = 1
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Class-weighted cross-entropy of (logits, targets, the global batch's targets).
+
+    On one of `world_size` > 1 ranks: this rank's share of the global batch's weighted mean, times
+    `world_size`, so that DDP's gradient average is the global batch's gradient.
+    """
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor, batch_targets: torch.Tensor) -> torch.Tensor:
+        if world_size == 1:
+            return nn.functional.cross_entropy(logits.float(), targets, weight=weights)
+        terms = nn.functional.cross_entropy(logits.float(), targets, weight=weights, reduction="sum")
+        return world_size * terms / weights[batch_targets].sum()
+
+    return loss
+
+
+def evaluate(network: nn.Module, images: Cached, labels: np.ndarray, device: torch.device) -> float:
+    """Validation AUROC of P(effusion)."""
+    return float(roc_auc_score(labels, predict_probabilities(network, images, device=device)))
 
 
 def train(config: TrainConfig, *, max_minutes: float | None = None, resume: bool = False) -> TrainResult:
@@ -74,45 +167,25 @@ def train(config: TrainConfig, *, max_minutes: float | None = None, resume: bool
         config = read_config(run)
     elif (run / "last.pt").exists():
         raise DataError(f"{run} already holds a training run; pass --resume to continue it or choose another --output")
-    run.mkdir(parents=True, exist_ok=True)
+    world = distributed.world(choose_device(config.device))
+    if world.is_main:
+        run.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
-    device = choose_device(config.device)
-
-    split = read_split(run) if resume else new_split(config)
-    if not resume:
-        write_json(run / "config.json", asdict(config))
-        write_json(run / "split.json", split.to_json())
-    train_x, val_x = load_split_tensors(split, config, ["train", "val"])
-    train_y = np.array([sample.label for sample in split.train])
-    val_y = np.array([sample.label for sample in split.val])
-    logger.info("split (patient-level, seed %d): %s", split.seed, json.dumps(split.summary()))
-
-    network = build_network().to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
-    )
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    weights = class_weights(config.class_weights, train_y)
-    loss_function = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
-    logger.info("device %s (mixed precision: %s), class weights %s", device, amp, weights)
+    data = load_data(config, run, resume=resume, world=world)
+    if config.init and world.is_main and not resume:
+        write_json(run / "init.json", initial_weights(config.init)[1])
+    training = build(config, data, world)
 
     state = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "history": []}
     if resume:
-        checkpoint = torch.load(run / "last.pt", map_location=device, weights_only=True)
-        network.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        checkpoint = load_checkpoint(run / "last.pt", world.device)
+        training.network.load_state_dict(checkpoint["model"])
+        training.optimizer.load_state_dict(checkpoint["optimizer"])
+        training.scheduler.load_state_dict(checkpoint["scheduler"])
+        training.scaler.load_state_dict(checkpoint["scaler"])
         state = checkpoint["state"]
         logger.info("resuming %s after epoch %d", run, state["epoch"])
 
-    rotate = v2.RandomApply(
-        [v2.RandomRotation(config.rotation_degrees, interpolation=InterpolationMode.BILINEAR, fill=0.0)],
-        p=config.rotation_probability,
-    )
     stop_reason = "epochs"
     last_epoch_seconds = 0.0
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -125,79 +198,58 @@ def train(config: TrainConfig, *, max_minutes: float | None = None, resume: bool
             break
         epoch_started = time.monotonic()
         torch.manual_seed(config.seed * 100_003 + epoch)  # per-epoch seeds make a resumed run identical
-        order = torch.randperm(len(train_x)).numpy()
-        network.train()
-        total_loss = 0.0
-        batches = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None)
-        for step in batches:
-            indices = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
-            images = torch.stack([rotate(image) for image in torch.from_numpy(train_x[indices])]).to(device)
-            targets = torch.from_numpy(train_y[indices]).to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                loss = loss_function(network(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total_loss += loss.item() * len(indices)
-            batches.set_postfix(loss=f"{loss.item():.3f}")
-
-        recalibrate_batch_norm(network, train_x, order[:BATCH_NORM_IMAGES], batch_size=config.batch_size, device=device)
-        val_scores = predict_probabilities(network, val_x, device=device)
-        val_auroc = float(roc_auc_score(val_y, val_scores))
+        order = torch.randperm(len(data.train_x)).numpy()
+        train_loss = train_one_epoch(
+            training.model, data.train_x, data.train_y, order=order, batch_size=config.batch_size, augment=training.augment,
+            loss_function=training.loss_function, optimizer=training.optimizer, scheduler=training.scheduler,
+            scaler=training.scaler, autocast=training.autocast, memory_format=torch.contiguous_format, world=world,
+            workers=config.workers, description=f"epoch {epoch}/{config.epochs}",
+        )  # fmt: skip
+        recalibrate_batch_norm(
+            training.network, data.train_x, order[:BATCH_NORM_IMAGES], batch_size=config.batch_size, device=world.device
+        )
+        val_auroc = evaluate(training.network, data.val_x, data.val_y, world.device)
         last_epoch_seconds = time.monotonic() - epoch_started
         state["epoch"] = epoch
         state["history"].append(
             {
                 "epoch": epoch,
-                "train_loss": total_loss / len(train_x),
+                "train_loss": train_loss,
                 "val_auroc": val_auroc,
-                "learning_rate": scheduler.get_last_lr()[0],
+                "learning_rate": training.scheduler.get_last_lr()[0],
                 "seconds": last_epoch_seconds,
             }
         )
         improved = val_auroc > state["best_auroc"]
         if improved:
             state["best_auroc"], state["best_epoch"] = val_auroc, epoch
-            save(run / "best.pt", {"model": network.state_dict(), "epoch": epoch, "val_auroc": val_auroc})
-        save(
-            run / "last.pt",
-            {
-                "model": network.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "state": state,
-            },
-        )
-        write_json(run / "history.json", state["history"])
+        if world.is_main:
+            save_epoch(run, training, state, improved)
+        world.barrier()  # every rank's next --resume finds this epoch's files
         logger.info(
             "epoch %d: train loss %.4f, val AUROC %.3f%s (%.0f s)",
-            epoch,
-            total_loss / len(train_x),
-            val_auroc,
-            " (best)" if improved else "",
-            last_epoch_seconds,
-        )
+            epoch, train_loss, val_auroc, " (best)" if improved else "", last_epoch_seconds,
+        )  # fmt: skip
     return TrainResult(state["best_epoch"], state["best_auroc"], state["epoch"], stop_reason)
 
 
-def new_split(config: TrainConfig) -> Split:
-    samples = find_samples(Path(config.data), Path(config.labels) if config.labels else None)
-    return split_by_patient(
-        samples, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
+def save_epoch(run: Path, training: Training, state: dict, improved: bool) -> None:
+    """best.pt when validation improved, last.pt (everything --resume needs), history.json and its curves."""
+    weights = training.network.state_dict()
+    if improved:
+        save_checkpoint(run / "best.pt", {"model": weights, "epoch": state["best_epoch"], "val_auroc": state["best_auroc"]})
+    save_checkpoint(
+        run / "last.pt",
+        {
+            "model": weights,
+            "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict(),
+            "scaler": training.scaler.state_dict(),
+            "state": state,
+        },
     )
-
-
-def load_split_tensors(split: Split, config: TrainConfig, names: list[str]) -> list[np.ndarray]:
-    """Tensors of the named splits, in split order, from one cache file shared by every command."""
-    parts = split.parts()
-    everything = [sample for name in ("train", "val", "test") for sample in parts[name]]
-    cache_dir = Path(config.cache_dir) if config.cache_dir else Path(config.output) / "cache"
-    tensors = load_tensors(everything, cache_dir=cache_dir, workers=config.workers)
-    offsets = {"train": 0, "val": len(split.train), "test": len(split.train) + len(split.val)}
-    return [np.asarray(tensors[offsets[name] : offsets[name] + len(parts[name])]) for name in names]
+    write_json(run / "history.json", state["history"])
+    plot_history(state["history"], run / "curves.png")
 
 
 def class_weights(setting: str, labels: np.ndarray) -> list[float]:
@@ -229,30 +281,3 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-
-
-def read_config(run: Path) -> TrainConfig:
-    try:
-        values: dict[str, Any] = json.loads((run / "config.json").read_text())
-    except OSError as error:
-        raise DataError(f"{run} holds no training run (config.json: {error.strerror or error})") from error
-    known = {field.name for field in fields(TrainConfig)}
-    values["output"] = str(run)  # the run may have been moved since it was written
-    return TrainConfig(**{key: value for key, value in values.items() if key in known})
-
-
-def read_split(run: Path) -> Split:
-    return Split.from_json(json.loads((run / "split.json").read_text()))
-
-
-def write_json(path: Path, data: Any) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    partial.replace(path)
-
-
-def save(path: Path, checkpoint: dict[str, Any]) -> None:
-    """torch.save through a temporary file, so an interrupted run never leaves a torn checkpoint."""
-    partial = path.with_suffix(".partial")
-    torch.save(checkpoint, partial)
-    partial.replace(path)

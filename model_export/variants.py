@@ -155,7 +155,7 @@ def build_run_variants(
     Both held-out splits are used: with a few dozen images per split, one swapped pair of scores
     moves the AUROC of the test split alone by about 0.004, close to the tolerance itself.
     """
-    from model_export.train import load_split_tensors, read_config, read_split
+    from model_export.rundir import load_split_tensors, read_config, read_split
 
     split = read_split(run)
     train, val, test = load_split_tensors(split, read_config(run), ["train", "val", "test"])

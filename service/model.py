@@ -35,7 +35,11 @@ REQUIRED_METADATA = (
     "model_name",
     "model_version",
 )
-JSON_METADATA = ("class_names", "training_data", "validation_metrics", "calibration", "exporter", "variants", "variant", "threshold_change")
+# optional: a model without one of these still loads (initial_weights: where training started from, model_export/init.py)
+JSON_METADATA = (
+    "class_names", "training_data", "validation_metrics", "calibration", "exporter", "variants", "variant", "threshold_change",
+    "initial_weights",
+)  # fmt: skip
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # EXHAUSTIVE finds the fastest cuDNN kernels; its cost (100-400 ms per new input shape) is

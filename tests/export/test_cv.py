@@ -22,12 +22,13 @@ from tests.conftest import require_module
 torch = require_module("torch")
 
 from model_export.__main__ import main
+from model_export.cache import ScanCache, scan_tensor
 from model_export.cv import assign_folds, auroc, read_oof
 from model_export.errors import DataError
 from model_export.final import calibration_from_cv, expected_calibration_error, final_variants, platt, sigmoid
 from model_export.fit import predict_logits
 from model_export.network import binary_head, build_network
-from model_export.pool import EFFUSION, FINDINGS, downsample, read_pool, scan_tensor
+from model_export.pool import EFFUSION, FINDINGS, Downsampled, downsample, read_pool
 from model_export.recipes import resolve
 from model_export.study import study_table
 from model_export.synthetic import phantom
@@ -128,6 +129,17 @@ def test_a_reduced_copy_becomes_its_own_pixels_again_at_its_resolution(roots: li
     np.testing.assert_allclose(downsample(tensor[None], 64)[0, 0], expected, atol=1e-6)
 
 
+def test_training_reads_batches_from_the_cache_with_the_bits_of_the_whole_downsampled_pool(roots: list[Path], tmp_path: Path) -> None:
+    """The shipped model's reproduction rests on this: a batch read lazily equals the same rows of `downsample(everything)`."""
+    scans = read_pool(roots)
+    cached = ScanCache(tmp_path / "cache").tensors([Path(scan.path) for scan in scans], workers=2)
+    everything = downsample(np.stack([scan_tensor(Path(scan.path)) for scan in scans]), 64)
+    rows = np.array([3, 0, 17, 40, 41])
+    view = Downsampled(cached, 64)
+    assert np.array_equal(view[np.sort(rows)], everything[np.sort(rows)])
+    assert np.array_equal(view.take(rows)[1:3], everything[rows[1:3]]) and view.shape == (len(scans), 1, 64, 64)
+
+
 def test_findings_become_targets_and_unknown_findings_are_masked(tmp_path: Path) -> None:
     root = tmp_path / "folders"
     for label in ("effusion", "other"):
@@ -209,6 +221,8 @@ def test_fit_export_serve_applies_the_cv_calibration_and_reproduces_its_weights(
     main(["fit", *data, "--output", str(run), "--recipe", "findings-aug-ema", *FAST, *cache])
     final = json.loads((run / "final.json").read_text())
     assert final["complete"] and len(final["epoch_sha256"]) == 2
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2] and (run / "curves.png").stat().st_size > 0
 
     rerun = tmp_path / "rerun"
     main(["fit", *data, "--output", str(rerun), "--recipe", "findings-aug-ema", *FAST, *cache, "--stop-after-epochs", "1"])

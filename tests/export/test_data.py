@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model_export.cache import ScanCache
 from model_export.data import (
     Sample,
     Split,
@@ -188,18 +189,34 @@ def test_too_few_patients_of_a_class_for_three_splits_is_refused() -> None:
         split_by_patient(samples, val_fraction=0.2, test_fraction=0.2, seed=0)
 
 
-def test_the_tensor_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path: Path) -> None:
+def test_the_scan_cache_is_incremental_reused_and_notices_a_changed_file(tmp_path: Path) -> None:
     odd_files(tmp_path / "data")
     samples = class_folder_samples(tmp_path / "data")
-    first = load_tensors(samples, cache_dir=tmp_path / "cache")
-    (cache_file,) = (tmp_path / "cache").glob("*.npy")
-    again = load_tensors(samples, cache_dir=tmp_path / "cache")
-    assert isinstance(again, np.memmap) and list((tmp_path / "cache").iterdir()) == [cache_file]
-    np.testing.assert_array_equal(first, again)
+    paths = [sample.path for sample in samples]
+    cache = ScanCache(tmp_path / "cache")
+    first = cache.tensors(paths[:4], workers=2)  # two worker processes decode
+    np.testing.assert_array_equal(first[:], load_tensors(samples[:4]))  # bit for bit the in-memory numbers
+    (chunk,) = cache.folder.glob("chunk-*.npy")
+    everything = cache.tensors(paths, workers=1)  # only the new files are decoded, into a second chunk
+    assert len(list(cache.folder.glob("chunk-*.npy"))) == 2 and chunk.exists()
+    np.testing.assert_array_equal(everything[:4], first[:])
+    np.testing.assert_array_equal(everything[np.array([5, 1])], load_tensors([samples[5], samples[1]]))
+    again = ScanCache(tmp_path / "cache").tensors(paths)  # a later run reuses every row
+    assert len(list(cache.folder.glob("chunk-*.npy"))) == 2
+    np.testing.assert_array_equal(again[:], everything[:])
 
-    changed = samples[0].path
-    changed.write_bytes(encode(Image.fromarray(gradient(1024, 1024)[::-1].copy())))
-    updated = load_tensors(samples, cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    paths[0].write_bytes(encode(Image.fromarray(gradient(1024, 1024)[::-1].copy())))
+    updated = ScanCache(tmp_path / "cache").tensors(paths)
+    assert len(list(cache.folder.glob("chunk-*.npy"))) == 3  # the changed file alone was decoded again
     assert not np.array_equal(updated[0], first[0])
-    np.testing.assert_array_equal(updated[1:], first[1:])
+    np.testing.assert_array_equal(updated[1:], everything[1:])
+
+
+@pytest.mark.parametrize(("dtype", "bound"), [("float16", 2.5e-4), ("uint8", 1 / 510 + 1e-7)])
+def test_smaller_cache_dtypes_stay_within_their_documented_error(tmp_path: Path, dtype: str, bound: float) -> None:
+    odd_files(tmp_path / "data")
+    samples = class_folder_samples(tmp_path / "data")
+    stored = ScanCache(tmp_path / "cache", dtype=dtype).tensors([sample.path for sample in samples])[:]
+    exact = load_tensors(samples)
+    assert stored.dtype == np.float32 and 0 < np.abs(stored - exact).max() <= bound
+
