@@ -72,9 +72,19 @@ def running_service(model: Path, *, ready_timeout: float = 60.0, **env: str) -> 
             wait_until_ready(server, ready_timeout)
             yield server
         finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
+            stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    """SIGINT (shutdown without the drain delay), so the service removes its temporary folders (metrics,
+    the shared inference socket) as in production; SIGKILL only if it has not exited after `grace_s`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait(timeout=10)
 
 
 def wait_until_ready(server: LiveServer, timeout: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -42,8 +43,11 @@ def test_two_workers_each_load_the_model_turn_ready_and_share_their_metrics(mean
 def test_no_worker_outlives_a_killed_parent(mean_model: Path) -> None:
     with running_service(mean_model, ready_timeout=240, CXR_WORKERS="2") as server:
         pids = worker_pids(server.process.pid)
-        server.process.kill()  # SIGKILL: the parent cannot pass anything on
+        environment = Path(f"/proc/{next(iter(pids))}/environ").read_bytes().split(b"\0")
+        metrics_dir = next(item.split(b"=", 1)[1].decode() for item in environment if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+        server.process.kill()  # SIGKILL: the parent cannot pass anything on, nor remove its metrics folder
         server.process.wait(timeout=30)
+        shutil.rmtree(metrics_dir)  # what the parent's own shutdown would have done
         deadline = time.monotonic() + 60
         while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text() for pid in pids):
             assert time.monotonic() < deadline, "a worker outlived its parent"
