@@ -16,6 +16,7 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,18 +214,24 @@ def current_world(device: str):  # noqa: ANN201  # a model_export.distributed.Wo
     return world(choose_device(device))
 
 
+def pool_run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options `cv` and `fit` share (add_pool_options), as their functions' keyword arguments."""
+    return {
+        "recipe_name": args.recipe + "".join(f" {item}" for item in args.set),
+        "nih_labels": args.nih_labels, "seed": args.seed, "cache_dir": args.cache_dir, "cache_dtype": args.cache_dtype,
+        "workers": args.workers, "init": args.init, "command": args.command_line,
+    }  # fmt: skip
+
+
 def run_cv(args: argparse.Namespace) -> None:
     from model_export.cv import run_cv as cross_validate
     from model_export.recipes import resolve
 
     set_threads(args.threads)
-    recipe = resolve(args.recipe, args.set)
     world = current_world(args.device)
     report = cross_validate(
-        args.data, recipe, args.output, recipe_name=args.recipe + "".join(f" {item}" for item in args.set),
-        nih_labels=args.nih_labels, folds=args.folds, seed=args.seed, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
-        resamples=args.bootstrap, command=args.command_line, world=world, workers=args.workers, init=args.init,
-        only_folds=args.only_folds,
+        args.data, resolve(args.recipe, args.set), args.output, folds=args.folds, resamples=args.bootstrap,
+        only_folds=args.only_folds, world=world, **pool_run_options(args),
     )  # fmt: skip
     if report is None or not world.is_main:
         return
@@ -242,9 +249,8 @@ def run_fit(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     world = current_world(args.device)
     summary = fit_final(
-        args.data, resolve(args.recipe, args.set), args.output, recipe_name=args.recipe + "".join(f" {item}" for item in args.set),
-        nih_labels=args.nih_labels, seed=args.seed, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
-        stop_after_epochs=args.stop_after_epochs, command=args.command_line, world=world, workers=args.workers, init=args.init,
+        args.data, resolve(args.recipe, args.set), args.output, stop_after_epochs=args.stop_after_epochs, world=world,
+        **pool_run_options(args),
     )  # fmt: skip
     if not world.is_main:
         return
