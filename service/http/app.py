@@ -138,7 +138,7 @@ def create_app(
             )
             if wanted is ResultFormat.DICOM:
                 check_dicom_result_possible(data)
-            prediction = await predictor.predict(data, heatmap=heatmap)
+            prediction = await predictor.predict(data, heatmap=heatmap and wanted is not ResultFormat.FHIR)  # FHIR has no heatmap
             if wanted is ResultFormat.FHIR:
                 return await fhir_response(data, prediction, predictor.model)
             if wanted is ResultFormat.DICOM:

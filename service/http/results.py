@@ -8,6 +8,7 @@ DICOM objects carry the patient and study modules of the source.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import uuid
@@ -26,6 +27,8 @@ from service.results import source
 from service.results.fhir import fhir_bundle
 from service.results.finding import Finding, ModelIdentity
 
+DICOM_RESULTS = importlib.util.find_spec("highdicom") is not None  # the `reports` extra; known once, not per request
+
 
 def check_dicom_result_possible(data: bytes) -> None:
     """Refuse before scoring what cannot have a DICOM result: a PNG or JPEG upload, or an install without highdicom."""
@@ -36,12 +39,10 @@ def check_dicom_result_possible(data: bytes) -> None:
             f"a DICOM result needs a DICOM input to reference; this upload is {detected.name.upper()} "
             "(ask for application/json or application/fhir+json instead)",
         )
-    try:
-        import highdicom  # noqa: F401  # the `reports` extra
-    except ImportError:
+    if not DICOM_RESULTS:
         raise ServiceError(
             ErrorCode.NOT_ACCEPTABLE, "this installation cannot write DICOM results (install the cxr-effusion[reports] extra)"
-        ) from None
+        )
 
 
 async def fhir_response(data: bytes, prediction: Prediction, model: Model) -> Response:
@@ -74,9 +75,15 @@ def _dicom_objects(data: bytes, prediction: Prediction, model: Model) -> list[by
 
     header = source.read_source(data)
     identity, created = model_identity(model), datetime.now()
-    objects = [structured_report(header, _finding(prediction, model), identity, created=created)]
-    if prediction.heatmap is not None:
-        objects.append(heatmap_capture(header, prediction.heatmap.overlay_png, identity, created=created))
+    try:  # highdicom validates the copied modules: real headers carry values it refuses (PatientSex "male", bad dates)
+        objects = [structured_report(header, _finding(prediction, model), identity, created=created)]
+        if prediction.heatmap is not None:
+            objects.append(heatmap_capture(header, prediction.heatmap.overlay_png, identity, created=created))
+    except (ValueError, TypeError, AttributeError):
+        raise ServiceError(  # the value itself stays out of the message: it may be patient data
+            ErrorCode.NOT_ACCEPTABLE,
+            "this DICOM header has values a DICOM report cannot carry (ask for application/json or application/fhir+json instead)",
+        ) from None
     return [_part10(dataset) for dataset in objects]
 
 

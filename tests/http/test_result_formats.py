@@ -7,7 +7,6 @@ from __future__ import annotations
 import email.parser
 import io
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.http import results
 from service.http.app import create_app
 from service.http.negotiation import ResultFormat, result_format
 from testkit.dicom_factory import PATIENT_ID, PATIENT_NAME, SOP_INSTANCE_UID, dicom_dataset, to_bytes
@@ -147,7 +147,7 @@ def test_a_dicom_result_of_a_png_or_jpeg_is_not_acceptable(client: TestClient, k
 
 
 def test_without_the_reports_extra_a_dicom_result_is_not_acceptable(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "highdicom", None)  # as if highdicom were not installed: its import fails
+    monkeypatch.setattr(results, "DICOM_RESULTS", False)  # as if highdicom were not installed (found once, at import)
     response = client.post("/predict", content=example_dicom(), headers={"Content-Type": "application/dicom", **DICOM})
     assert response.status_code == 406
     assert response.json()["error"]["code"] == "not_acceptable" and "cxr-effusion[reports]" in response.json()["error"]["message"]
@@ -167,7 +167,13 @@ def test_no_patient_data_in_logs_or_errors_on_the_new_paths(logged_heat_server) 
     placeholder = "1." + "2" * (len(PATIENT_ID) - 2)  # free text where a UID belongs, swapped in after writing
     no_study.StudyInstanceUID = placeholder
     hostile = to_bytes(no_study).replace(placeholder.encode(), PATIENT_ID.encode())
+    one_part_name = pydicom.dcmread(io.BytesIO(good))
+    one_part_name.PatientName = "Zebulonsolo"  # highdicom warns about a one-part name, quoting it
+    odd_header = pydicom.dcmread(io.BytesIO(good))
+    odd_header.PatientSex = "male"  # found in real files; highdicom refuses to copy it into a report
     requests = [
+        ("req-sr-one-part-name", to_bytes(one_part_name), DICOM, "", 200),
+        ("req-sr-odd-header", to_bytes(odd_header), DICOM, "", 406),
         ("req-fhir", good, FHIR, "", 200),
         ("req-sr", good, DICOM, "", 200),
         ("req-sr-heatmap", good, DICOM, "?heatmap=true", 200),
@@ -189,5 +195,5 @@ def test_no_patient_data_in_logs_or_errors_on_the_new_paths(logged_heat_server) 
     log = logged_heat_server.log()
     for request_id, *_ in requests:
         assert request_id in log
-    for secret in (PATIENT_NAME, PATIENT_ID, "Zebulon", "19010101"):
+    for secret in (PATIENT_NAME, PATIENT_ID, "Zebulon", "19010101", "male"):
         assert secret not in log, f"{secret!r} leaked into the log"
