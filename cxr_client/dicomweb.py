@@ -220,8 +220,8 @@ def study_date_range(args: argparse.Namespace) -> str | None:
         try:
             last = json.loads(args.state.read_text())["last_run"]
         except (OSError, ValueError, KeyError) as error:
-            raise SystemExit(
-                f"error: no previous run recorded in {args.state} ({type(error).__name__}); start with --since YYYYMMDD"
+            raise RuntimeError(
+                f"no previous run recorded in {args.state} ({type(error).__name__}); start with --since YYYYMMDD"
             ) from None
         return f"{last}-"
     if args.since or args.until:
@@ -262,27 +262,35 @@ def run_command(args: argparse.Namespace, *, today: Callable[[], date] = date.to
     except ModuleNotFoundError:
         print("error: cxr-effusion dicomweb needs the client extra: pip install 'cxr-effusion[client]'", file=sys.stderr)
         return 2
+    import requests  # dicomweb-client's transport
+
     started = today()
-    dates = study_date_range(args)
     service = http_client(args.url, api_key=args.api_key, timeout=args.timeout)
     pacs = pacs_client(args.pacs, timeout=args.timeout, retries=args.retries)
     try:
+        dates = study_date_range(args)
         name, version = served_model(service, retries=args.retries)
+        instances = find_instances(pacs, studies=args.study, study_dates=dates)
+        outcome = route(
+            pacs,
+            service,
+            instances,
+            model_name=name,
+            model_version=version,
+            heatmap=args.heatmap,
+            retries=args.retries,
+            concurrency=max(1, args.concurrency),
+            progress=not args.no_progress,
+        )
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    instances = find_instances(pacs, studies=args.study, study_dates=dates)
-    outcome = route(
-        pacs,
-        service,
-        instances,
-        model_name=name,
-        model_version=version,
-        heatmap=args.heatmap,
-        retries=args.retries,
-        concurrency=max(1, args.concurrency),
-        progress=not args.no_progress,
-    )
+    except requests.RequestException as error:  # the PACS cannot be searched: no instance was touched
+        print(f"error: PACS {args.pacs} did not answer its search ({type(error).__name__}); nothing was scored", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dicomweb: interrupted; run the same command again to resume (the PACS records what is done)", file=sys.stderr)
+        return 130
     for sop, code in sorted(outcome.failed.items()):
         print(f"failed: {sop}: {code}", file=sys.stderr)
     if not any(code in TRANSIENT_CODES or code.startswith("pacs_") for code in outcome.failed.values()):

@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 from cxr_client.cli import main
 from testkit import orthanc
 from testkit.dicom_factory import dicom_dataset, to_bytes
-from testkit.live_server import LiveServer, running_service
+from testkit.live_server import LiveServer, free_port, running_service
 from tests.conftest import EXAMPLES, require_module, require_nih
 
 pytestmark = pytest.mark.slow
@@ -165,3 +165,17 @@ def test_a_service_error_is_reported_per_instance(pacs: str, service: LiveServer
     assert router(pacs, service, tmp_path / "state.json", "--study", study) == 1
     err = capsys.readouterr().err
     assert f"failed: {tiny.SOPInstanceUID}: image_too_small" in err and "0 scored, 1 failed" in err
+
+
+def test_a_pacs_that_does_not_answer_is_one_line_and_exit_2(service: LiveServer, tmp_path: Path, capsys) -> None:
+    require_module("dicomweb_client")
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert router(unreachable, service, tmp_path / "state.json", "--since", "20260101", "--retries", "0") == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith(f"error: PACS {unreachable}/dicom-web did not answer") and "Traceback" not in "\n".join(error)
+
+
+def test_since_last_run_without_a_recorded_run_is_one_line_and_exit_2(service: LiveServer, tmp_path: Path, capsys) -> None:
+    require_module("dicomweb_client")
+    assert router("http://127.0.0.1:9", service, tmp_path / "never-written.json", "--since-last-run") == 2
+    assert capsys.readouterr().err.strip().startswith("error: no previous run recorded in")
