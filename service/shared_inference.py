@@ -213,6 +213,9 @@ class InferenceServer:
             answer: tuple[int, BatchResult | ServiceError, bool] = (job, replace(result, heatmap=None), written)
         except ServiceError as error:
             answer = (job, error, False)
+        except Exception as error:  # never leave the request waiting: it answers as one process would (500 internal_error)
+            logger.error("inference failed: %s", type(error).__name__)
+            answer = (job, ServiceError(ErrorCode.INTERNAL_ERROR, "inference failed"), False)
         try:
             with lock:
                 connection.send(answer)
