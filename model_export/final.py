@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_curve
 
 from model_export.cache import scan_tensor
 from model_export.curves import plot_history
 from model_export.cv import read_oof, target_matrix, trains_on
 from model_export.distributed import SINGLE, World
 from model_export.errors import ExportError
+from model_export.evaluate import youden_threshold
 from model_export.export import ExportResult, export_model, exporter_versions, identity
 from model_export.fit import effusion_index, fit, output_names
 from model_export.init import initial_weights
@@ -154,12 +154,6 @@ def sigmoid(values: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-values))
 
 
-def youden(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    fpr, tpr, thresholds = roc_curve(labels, probabilities)
-    finite = np.isfinite(thresholds)
-    return float(thresholds[finite][np.argmax((tpr - fpr)[finite])])
-
-
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
     """Mean |observed rate - mean predicted| over equal-width probability bins, weighted by bin size."""
     edges = np.linspace(0, 1, bins + 1)
@@ -191,7 +185,7 @@ def calibration_from_cv(cv_run: Path) -> dict[str, Any]:
     binary = np.array([row["label"] != "other" for row in rows])
     a, b = platt(logits, labels)
     probabilities = sigmoid(a * logits + b)
-    threshold = youden(labels, probabilities)
+    threshold = youden_threshold(labels, probabilities)
     honest = cross_fitted_probabilities(logits, labels, folds)
     predicted = probabilities >= threshold
     return {
