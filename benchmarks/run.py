@@ -39,7 +39,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from benchmarks.common import CACHE, DEFAULT_DATA, MAX_PIXELS, REPO_ROOT, Server, log, nih_scans
+from benchmarks.common import CACHE, DEFAULT_DATA, MAX_PIXELS, REPO_ROOT, Server, every_process_ready, log, nih_scans
 from benchmarks.loadgen import Body, multipart_body, run_hey, triton_body
 from benchmarks.naive_recipe import naive_tensor
 from benchmarks.resnet18 import benchmark_model
@@ -217,6 +217,9 @@ def end_to_end(model: Path, scans: list[bytes], args: argparse.Namespace, work: 
     with contextlib.ExitStack() as stack:
         for _, server, *_ in systems:
             stack.enter_context(server)
+        for name, _, url, *_ in systems:  # /ready answers once one process is; measure when both are
+            if "--workers 2" in name:
+                every_process_ready(url.removesuffix("/predict"), 2)
         for concurrency in args.concurrency:
             for name, _, url, body, concurrencies in systems:
                 if concurrency in concurrencies:
