@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         "the CXR_WORKERS processes only receive, decode and preprocess (frontends), and one more process owns the model "
         "and batches every frontend's requests; for many-core and GPU hosts (docs/performance.md).",
     )
+    restart_limit: int = Field(
+        5,
+        ge=0,
+        description="With CXR_INFERENCE=shared, how many times one crashed process is replaced within "
+        "CXR_RESTART_WINDOW_S (each replacement waiting twice as long as the last) before the service stops with "
+        "status 1 and leaves restarting to systemd or Kubernetes.",
+    )
+    restart_window_s: float = Field(60.0, gt=0, description="The window CXR_RESTART_LIMIT counts crashes in.")
     drain_timeout_s: float = Field(
         20.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish before exit."
     )

@@ -7,7 +7,9 @@ the inference process loads the model once, warms it and batches every frontend'
   replaced frontend can serve it again;
 - a process that dies is reported and replaced: a frontend with a fresh tensor block (the old one
   is unlinked, so nothing of its requests can reach another's) and its host counters zeroed, the
-  inference process as it was; meanwhile /ready and /predict say 503 `not_ready` on every frontend;
+  inference process as it was; meanwhile /ready and /predict say 503 `not_ready` on every frontend.
+  Replacements back off, and a process that keeps crashing stops the service with status 1
+  (service/http/restarts.py);
 - a process that exits with status 2 (a model refused on reload) stops the whole service with 2;
 - SIGTERM (or SIGINT) goes to the frontends, which drain as a single process does; the inference
   process is stopped only once the last frontend has finished what it accepted.
@@ -22,6 +24,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
@@ -31,6 +34,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import multiprocess
 
+from service.http.restarts import RestartPolicy
 from service.http.workers import METRICS_DIR_VARIABLE, drain_when_orphaned, run_worker
 from service.settings import Settings
 from service.shared_inference import FrontendPlan, create_slots, shared_memory_problem, slots_per_frontend
@@ -78,6 +82,8 @@ def serve_shared(settings: Settings, config_options: dict[str, Any], frontends: 
 
     stopping = False
     frontend_processes: dict[int, BaseProcess] = {}
+    policies = {name: RestartPolicy(settings.restart_limit, settings.restart_window_s) for name in ["inference", *range(frontends)]}
+    due: dict[str | int, float] = {}  # crashed processes waiting out their backoff: when each is started again
 
     def forward(sig: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -85,6 +91,21 @@ def serve_shared(settings: Settings, config_options: dict[str, Any], frontends: 
         for process in frontend_processes.values():
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, sig)
+
+    def crashed(name: str | int, process: BaseProcess, what: str) -> None:
+        """Schedule the replacement of a process that exited on its own, or stop the service if it keeps doing so."""
+        nonlocal status
+        delay = policies[name].delay_after_crash(time.monotonic())
+        if delay is None:
+            logger.error(
+                "%s (pid %s) exited with status %s: more than CXR_RESTART_LIMIT=%d crashes within %g s; stopping the service",
+                what, process.pid, process.exitcode, settings.restart_limit, settings.restart_window_s,
+            )  # fmt: skip
+            status = 1
+            forward(signal.SIGTERM, None)
+            return
+        logger.error("%s (pid %s) exited with status %s; starting a new one in %g s", what, process.pid, process.exitcode, delay)
+        due[name] = time.monotonic() + delay
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -95,32 +116,42 @@ def serve_shared(settings: Settings, config_options: dict[str, Any], frontends: 
         for index in range(frontends):
             frontend_processes[index] = start_frontend(index)
         logger.info("started %d frontends and one inference process on %s:%d", frontends, settings.host, settings.port)
-        while frontend_processes:
-            wait([inference.sentinel, *(p.sentinel for p in frontend_processes.values())], timeout=POLL_S)
+        while frontend_processes or (due and not stopping):
+            running = [p for p in [inference, *frontend_processes.values()] if p is not None]
+            wait([p.sentinel for p in running], timeout=POLL_S)
             if stopping:
                 sock.close()  # no frontend will be started again; the last one to drain closes the listener
+                due.clear()
             for index, process in list(frontend_processes.items()):
                 if process.exitcode is None:
                     continue
                 multiprocess.mark_process_dead(process.pid)
+                del frontend_processes[index]
                 if stopping:
-                    del frontend_processes[index]
-                elif process.exitcode == 2:
+                    continue
+                if process.exitcode == 2:
                     status = 2
                     forward(signal.SIGTERM, None)
                 else:
-                    logger.error("frontend %d (pid %s) exited with status %s; starting a new one", index, process.pid, process.exitcode)
-                    frontend_processes[index] = start_frontend(index)
-            if inference.exitcode is not None and not stopping:
+                    crashed(index, process, f"frontend {index}")
+            if inference is not None and inference.exitcode is not None and not stopping:
                 multiprocess.mark_process_dead(inference.pid)
                 if inference.exitcode == 2:
                     logger.error("the inference process refused the model; stopping")
                     status = 2
                     forward(signal.SIGTERM, None)
                 else:
-                    logger.error("the inference process (pid %s) exited with status %s; starting a new one", inference.pid, inference.exitcode)
-                    inference = start_inference()
-        if inference.is_alive():  # every frontend has finished what it accepted: now the model may go
+                    crashed("inference", inference, "the inference process")
+                    inference = None
+            now = time.monotonic()
+            for name, when in list(due.items()):
+                if when <= now and not stopping:
+                    del due[name]
+                    if name == "inference":
+                        inference = start_inference()
+                    else:
+                        frontend_processes[name] = start_frontend(name)  # type: ignore[index]
+        if inference is not None and inference.is_alive():  # every frontend has finished what it accepted: now the model may go
             os.kill(inference.pid, signal.SIGTERM)  # type: ignore[arg-type]
             inference.join(timeout=settings.drain_timeout_s + 10)
         return status

@@ -2,7 +2,8 @@
 
 Ready only when the inference process is warm and both frontends are up; the same answers as one
 process; metrics and admission are the host's; a killed process of either kind is reported and
-replaced while the others answer 503 `not_ready`, never hang.
+replaced while the others answer 503 `not_ready`, never hang; one that keeps crashing stops the
+service with status 1.
 """
 
 from __future__ import annotations
@@ -174,6 +175,20 @@ def test_a_killed_frontend_is_replaced_and_meanwhile_the_other_says_not_ready(sl
         assert f"frontend 0 (pid {victim}) exited with status -9; starting a new one" in server.log()
         assert len(inference_pids(server)) == 1  # the model stayed where it was
         assert metric(server.url, "cxr_http_requests_in_flight") == 0  # the dead frontend's gauge is gone
+
+
+def test_a_process_that_keeps_crashing_stops_the_service_with_status_1(mean_model: Path) -> None:
+    with shared_service(mean_model, CXR_RESTART_LIMIT="1", CXR_DRAIN_DELAY_S="0") as server:
+        (first,) = inference_pids(server)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: len(inference_pids(server)) == 2, server, "a replacement started")
+        assert f"the inference process (pid {first}) exited with status -9; starting a new one in 0.25 s" in server.log()
+        second = inference_pids(server)[-1]
+        os.kill(second, signal.SIGKILL)  # the second crash within 60 s: one more than the limit
+        assert server.process.wait(timeout=120) == 1, server.log()[-4000:]
+        log = server.log()
+        assert f"the inference process (pid {second}) exited with status -9: more than CXR_RESTART_LIMIT=1" in log
+        assert len(inference_pids(server)) == 2  # not replaced a second time
 
 
 def test_admission_is_the_hosts_not_each_frontends(mean_model: Path, nih_png: Path) -> None:
