@@ -51,13 +51,8 @@ CORRUPT_DATA_WARNING = re.compile(
 
 def decode(data: bytes, *, max_pixels: int) -> DecodedScan:
     """Read the header first (syntax, size, frames, modality), then decode pixels only if all is well."""
-    has_preamble = has_dicom_preamble(data)
-    check_transfer_syntax(data, has_preamble)
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
-    except Exception as error:  # pydicom raises a wide variety of errors on hostile input
-        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file could not be parsed") from error
-
+    check_transfer_syntax(data, has_dicom_preamble(data))
+    dataset = parse(data)
     photometric = check_header(dataset, max_pixels=max_pixels)
     try:
         stored = stored_values(dataset)
@@ -120,6 +115,15 @@ def padding_mask(stored: np.ndarray, dataset: Dataset) -> np.ndarray | None:
         return None
     limit = dataset.get("PixelPaddingRangeLimit", value)
     return (stored >= min(value, limit)) & (stored <= max(value, limit))
+
+
+def parse(data: bytes, *, pixels: bool = True) -> Dataset:
+    """pydicom's reading of an upload, with or without its pixel data (the reports re-read only the header);
+    any parser error is the client's undecodable file, never a 500."""
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels, force=not has_dicom_preamble(data))
+    except Exception as error:  # pydicom raises a wide variety of errors on hostile input
+        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file could not be parsed") from error
 
 
 def check_transfer_syntax(data: bytes, has_preamble: bool) -> None:

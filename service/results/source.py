@@ -8,13 +8,9 @@ into the DICOM objects built from it and nowhere else (never a log line or an er
 
 from __future__ import annotations
 
-import io
-
-import pydicom
 from pydicom.dataset import Dataset
 
-from service.decode.dicom import safe_uid
-from service.decode.formats import has_dicom_preamble
+from service.decode.dicom import parse, safe_uid
 from service.errors import ErrorCode, ServiceError
 
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -54,7 +50,4 @@ def _uid(dataset: Dataset, keyword: str) -> str | None:
 
 
 def _header(data: bytes) -> Dataset:
-    try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=not has_dicom_preamble(data))
-    except Exception as error:  # decoding read it already; this only fails on a file it accepted and pydicom did not
-        raise ServiceError(ErrorCode.UNDECODABLE_IMAGE, "the DICOM file could not be parsed") from error
+    return parse(data, pixels=False)  # decoding read it already, with the same reader: this fails only if it did
