@@ -1,8 +1,9 @@
 """The preprocessed-scan cache: every scan's 256 px model tensor, decoded once, memory-mapped from disk.
 
-Layout: `<cache_dir>/<PREPROCESSING_ID as a folder name>-<dtype>/` holds immutable `chunk-NNNNN.npy`
+Layout: `<cache_dir>/<PREPROCESSING_ID as a folder name>-<dtype>/` (`...+<ENLARGE_ID>...` for the recipe
+pool, whose 64 px copies are enlarged first; nothing else takes that step) holds immutable `chunk-NNNNN.npy`
 files ([rows, 1, 256, 256]) and `index.json`, which maps each file's resolved path to its chunk,
-row, size and modification time. Asking for scans decodes only those that are new or whose size
+row, size, modification time and steps. Asking for scans decodes only those that are new or whose size
 or modification time changed, in worker processes that write straight into a new chunk; the index
 is replaced atomically under a file lock, so concurrent runs (two cv rows, DDP ranks) share one cache.
 Stale rows stay in their old chunks until the cache folder is deleted.
@@ -39,27 +40,35 @@ from service.settings import DEFAULT_MAX_PIXELS
 
 DTYPES = ("float32", "float16", "uint8")
 SHAPE = (1, OUTPUT_SIZE, OUTPUT_SIZE)
+ENLARGE_ID = "repeat-to-256/v1"  # names `enlarge_small` in the cache folder of the pool, the only reader that takes it
 TASK_ROWS = 16  # scans per worker task: big enough to amortise a task, small enough to spread the work
 
 
-def scan_tensor(path: Path) -> np.ndarray:
-    """The service's tensor [1, 256, 256] of one file; a smaller square scan is first pixel-repeated to 256.
+def scan_tensor(path: Path, *, enlarge: bool = False) -> np.ndarray:
+    """The service's tensor [1, 256, 256] of one file, refused where the service refuses it.
 
-    After the network's area pooling to 64 px, a 64 px copy enlarged this way is its own pixel grid again.
+    `enlarge` is the recipe pool's one extra step (`ENLARGE_ID`): NIH's 64 px copies are first pixel-repeated.
     """
-    decoded = decode(path.read_bytes(), max_pixels=DEFAULT_MAX_PIXELS)
-    pixels = decoded.pixels
-    side = min(pixels.shape)
-    if side < OUTPUT_SIZE and OUTPUT_SIZE % side == 0 and pixels.shape[0] == pixels.shape[1]:
+    pixels = decode(path.read_bytes(), max_pixels=DEFAULT_MAX_PIXELS).pixels
+    return preprocess(enlarge_small(pixels) if enlarge else pixels)[0]
+
+
+def enlarge_small(pixels: np.ndarray) -> np.ndarray:
+    """A square image whose side divides 256 and is smaller, repeated pixel by pixel to 256 px; others unchanged.
+
+    After the network's area pooling back to that side, such a copy is its own pixel grid again.
+    """
+    side = pixels.shape[0]
+    if pixels.shape[0] == pixels.shape[1] and side < OUTPUT_SIZE and OUTPUT_SIZE % side == 0:
         factor = OUTPUT_SIZE // side
-        pixels = np.repeat(np.repeat(pixels, factor, axis=0), factor, axis=1)
-    return preprocess(pixels)[0]
+        return np.repeat(np.repeat(pixels, factor, axis=0), factor, axis=1)
+    return pixels
 
 
-def read_scan(path: Path) -> tuple[np.ndarray | None, str | None]:
+def read_scan(path: Path, *, enlarge: bool = False) -> tuple[np.ndarray | None, str | None]:
     """(tensor, None), or (None, why the file cannot be used)."""
     try:
-        return scan_tensor(path), None
+        return scan_tensor(path, enlarge=enlarge), None
     except ServiceError as error:
         return None, f"{error.code}: {error.message}"
     except OSError as error:
@@ -131,13 +140,14 @@ def open_chunks(chunks: tuple[str, ...]) -> list[np.ndarray]:
 
 
 class ScanCache:
-    """One cache folder for one preprocessing and one stored dtype."""
+    """One cache folder for one preprocessing (the service's, or the pool's with `enlarge`) and one stored dtype."""
 
-    def __init__(self, cache_dir: Path, *, dtype: str = "float32") -> None:
+    def __init__(self, cache_dir: Path, *, dtype: str = "float32", enlarge: bool = False) -> None:
         if dtype not in DTYPES:
             raise DataError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.dtype = dtype
-        self.folder = cache_dir / f"{re.sub(r'[^A-Za-z0-9.]+', '-', PREPROCESSING_ID)}-{dtype}"
+        self.dtype, self.enlarge = dtype, enlarge
+        steps = f"{PREPROCESSING_ID}+{ENLARGE_ID}" if enlarge else PREPROCESSING_ID
+        self.folder = cache_dir / f"{re.sub(r'[^A-Za-z0-9.]+', '-', steps)}-{dtype}"
 
     def tensors(self, paths: Sequence[Path], *, workers: int = 2, progress: bool = True) -> Cached:
         """The tensors of `paths`, in order; new or changed files are decoded first (in `workers` processes).
@@ -153,10 +163,10 @@ class ScanCache:
             keys.append(str(Path(path).resolve()))
             stats.append((stat.st_size, stat.st_mtime_ns))
         index = self.read_index()
-        if any(not fresh(index.get(key), stat) for key, stat in zip(keys, stats)):
+        if any(not self.fresh(index.get(key), stat) for key, stat in zip(keys, stats)):
             with self.locked():
                 index = self.read_index()  # another process may have built them meanwhile
-                missing = sorted({key for key, stat in zip(keys, stats) if not fresh(index.get(key), stat)})
+                missing = sorted({key for key, stat in zip(keys, stats) if not self.fresh(index.get(key), stat)})
                 if missing:
                     index = self.build(missing, index, workers=workers, progress=progress)
         chunks = sorted({index[key]["chunk"] for key in keys})
@@ -187,7 +197,9 @@ class ScanCache:
         name = f"chunk-{max(taken, default=-1) + 1:05d}.npy"
         partial = self.folder / f"{name}.{os.getpid()}.partial"
         np.lib.format.open_memmap(partial, mode="w+", dtype=self.dtype, shape=(len(keys), *SHAPE)).flush()
-        tasks = [(str(partial), self.dtype, start, keys[start : start + TASK_ROWS]) for start in range(0, len(keys), TASK_ROWS)]
+        tasks = [
+            (str(partial), self.dtype, self.enlarge, start, keys[start : start + TASK_ROWS]) for start in range(0, len(keys), TASK_ROWS)
+        ]
         failures: list[str] = []
         bar = tqdm(total=len(keys), desc="decode", disable=None if progress else True)
         if workers > 1 and len(tasks) > 1:
@@ -209,24 +221,26 @@ class ScanCache:
         partial.replace(self.folder / name)
         for row, key in enumerate(keys):
             stat = os.stat(key)
-            index[key] = {"chunk": name, "row": row, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            index[key] = {"chunk": name, "row": row, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "enlarge": self.enlarge}
         written = self.folder / "index.json.partial"
         written.write_text(json.dumps(index))
         written.replace(self.folder / "index.json")
         return index
 
 
-def fresh(entry: dict | None, stat: tuple[int, int]) -> bool:
-    return entry is not None and (entry["size"], entry["mtime_ns"]) == stat
+    def fresh(self, entry: dict | None, stat: tuple[int, int]) -> bool:
+        """A row is reused only for the same file and the same steps (a row written before the steps were recorded
+        per row, when small scans were enlarged everywhere, is decoded again)."""
+        return entry is not None and (entry["size"], entry["mtime_ns"]) == stat and entry.get("enlarge") == self.enlarge
 
 
-def fill_rows(task: tuple[str, str, int, list[str]]) -> tuple[list[str], int]:
+def fill_rows(task: tuple[str, str, bool, int, list[str]]) -> tuple[list[str], int]:
     """Worker: decode some files into their rows of the chunk being built; return the failures."""
-    chunk, dtype, start, keys = task
+    chunk, dtype, enlarge, start, keys = task
     rows = np.load(chunk, mmap_mode="r+")
     problems = []
     for offset, key in enumerate(keys):
-        tensor, problem = read_scan(Path(key))
+        tensor, problem = read_scan(Path(key), enlarge=enlarge)
         if problem is None:
             rows[start + offset] = encode(tensor, dtype)
         else:

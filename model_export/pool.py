@@ -9,6 +9,8 @@ and age of every NIH file name it lists.
 
 Pixels go through the service's own decode and `preprocess` (`model_export.cache.scan_tensor`), so
 training sees the numbers the service computes; scans are decoded once into the on-disk cache.
+The pool's one extra step, named in its cache folder: NIH's 64 px copies (which the service would
+refuse) are pixel-repeated to 256 px first.
 """
 
 from __future__ import annotations
@@ -167,8 +169,9 @@ def read_pool(roots: Sequence[Path], nih_labels: Path | None = None) -> list[Sca
 
 
 def pool_tensors(scans: Sequence[Scan], cache_dir: Path, *, workers: int = 2, dtype: str = "float32") -> Cached:
-    """The pool's 256 px tensors, in pool order, from the on-disk scan cache (new or changed files decoded first)."""
-    return ScanCache(cache_dir, dtype=dtype).tensors([Path(scan.path) for scan in scans], workers=workers)
+    """The pool's 256 px tensors, in pool order, from the on-disk scan cache (new or changed files decoded first);
+    NIH's 64 px copies are enlarged to 256 px first (`model_export.cache.enlarge_small`)."""
+    return ScanCache(cache_dir, dtype=dtype, enlarge=True).tensors([Path(scan.path) for scan in scans], workers=workers)
 
 
 def downsample(tensors: np.ndarray, resolution: int) -> np.ndarray:

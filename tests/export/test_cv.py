@@ -28,10 +28,11 @@ from model_export.errors import DataError
 from model_export.final import calibration_from_cv, expected_calibration_error, final_variants, platt, sigmoid
 from model_export.fit import predict_logits
 from model_export.network import binary_head, build_network
-from model_export.pool import EFFUSION, FINDINGS, Downsampled, downsample, read_pool
+from model_export.pool import EFFUSION, FINDINGS, Downsampled, downsample, pool_tensors, read_pool
 from model_export.recipes import resolve
 from model_export.study import study_table
 from model_export.synthetic import phantom
+from service.errors import ServiceError
 from service.model import load_model
 from service.predictor import score_bytes
 
@@ -124,16 +125,42 @@ def test_a_reduced_copy_becomes_its_own_pixels_again_at_its_resolution(roots: li
     path = next((roots[1] / "effusion").iterdir())
     pixels = np.asarray(Image.open(path), dtype=np.float64)
     expected = (pixels - pixels.min()) / (pixels.max() - pixels.min())
-    tensor = scan_tensor(path)
+    tensor = scan_tensor(path, enlarge=True)
     assert tensor.shape == (1, 256, 256)
     np.testing.assert_allclose(downsample(tensor[None], 64)[0, 0], expected, atol=1e-6)
+
+
+def test_only_the_pool_enlarges_a_reduced_copy_and_its_cache_folder_says_so(roots: list[Path], tmp_path: Path) -> None:
+    """Everywhere else (train, evaluate, the exporter's checks) a 64 px copy is refused, as the service refuses it."""
+    small = next((roots[1] / "effusion").iterdir())
+    with pytest.raises(ServiceError) as refused:
+        scan_tensor(small)
+    assert refused.value.code == "image_too_small"
+    with pytest.raises(DataError, match="image_too_small"):
+        ScanCache(tmp_path / "cache").tensors([small], workers=1)
+    enlarging = ScanCache(tmp_path / "cache", enlarge=True)
+    assert enlarging.folder != ScanCache(tmp_path / "cache").folder and "repeat-to-256" in enlarging.folder.name
+    assert np.array_equal(enlarging.tensors([small], workers=1)[0], scan_tensor(small, enlarge=True))
+
+
+def test_a_row_cached_before_the_steps_were_recorded_is_decoded_again(roots: list[Path], tmp_path: Path) -> None:
+    small = next((roots[1] / "effusion").iterdir())
+    legacy = ScanCache(tmp_path / "cache", enlarge=True)
+    legacy.tensors([small], workers=1)
+    index = json.loads((legacy.folder / "index.json").read_text())
+    for entry in index.values():
+        del entry["enlarge"]  # the earlier layout, which enlarged small scans for every reader
+    (legacy.folder / "index.json").write_text(json.dumps(index))
+    legacy.folder.rename(ScanCache(tmp_path / "cache").folder)  # that layout's folder name was the plain one
+    with pytest.raises(DataError, match="image_too_small"):
+        ScanCache(tmp_path / "cache").tensors([small], workers=1)
 
 
 def test_training_reads_batches_from_the_cache_with_the_bits_of_the_whole_downsampled_pool(roots: list[Path], tmp_path: Path) -> None:
     """The shipped model's reproduction rests on this: a batch read lazily equals the same rows of `downsample(everything)`."""
     scans = read_pool(roots)
-    cached = ScanCache(tmp_path / "cache").tensors([Path(scan.path) for scan in scans], workers=2)
-    everything = downsample(np.stack([scan_tensor(Path(scan.path)) for scan in scans]), 64)
+    cached = pool_tensors(scans, tmp_path / "cache", workers=2)
+    everything = downsample(np.stack([scan_tensor(Path(scan.path), enlarge=True) for scan in scans]), 64)
     rows = np.array([3, 0, 17, 40, 41])
     view = Downsampled(cached, 64)
     assert np.array_equal(view[np.sort(rows)], everything[np.sort(rows)])
