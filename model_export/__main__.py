@@ -12,6 +12,7 @@ Heavy libraries are imported by the command that needs them, so `--help` stays q
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import fields
@@ -344,7 +345,11 @@ def run_variants(args: argparse.Namespace) -> None:
     if (args.run / "final.json").exists():
         from model_export.final import final_variants
 
-        reports = final_variants(args.model, args.data or [], variants=chosen, cache_dir=args.cache_dir, calibration_images=args.calibration_images)
+        cache_dtype = json.loads((args.run / "final.json").read_text()).get("cache_dtype", "float32")  # older runs: float32
+        reports = final_variants(
+            args.model, args.data or [], variants=chosen, cache_dir=args.cache_dir, cache_dtype=cache_dtype,
+            calibration_images=args.calibration_images,
+        )  # fmt: skip
     else:
         reports = build_run_variants(args.run, args.model, chosen, calibration_images=args.calibration_images)
     for report in reports:

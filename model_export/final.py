@@ -124,6 +124,7 @@ def fit_final(
         "settings": recipe.describe(),
         "outputs": list(output_names(recipe)),
         "seed": seed,
+        "cache_dtype": cache_dtype,
         "command": command,
         "scans": len(chosen),
         "patients": sorted({scan.patient_id for scan in chosen}),
@@ -271,7 +272,14 @@ def export_final(
 
 
 def final_variants(
-    model: Path, roots: list[Path], *, variants: tuple[str, ...], cache_dir: Path, calibration_images: int = 64, seed: int = 0
+    model: Path,
+    roots: list[Path],
+    *,
+    variants: tuple[str, ...],
+    cache_dir: Path,
+    cache_dtype: str = "float32",
+    calibration_images: int = 64,
+    seed: int = 0,
 ) -> list[Any]:
     """INT8 / FP16 variants of a fit run's model under the usual guard (AUROC within 0.005 of FP32's).
 
@@ -282,11 +290,11 @@ def final_variants(
     from model_export.variants import auroc, build_variant
 
     scans = read_pool(roots)
-    tensors = pool_tensors(scans, cache_dir)
+    tensors = pool_tensors(scans, cache_dir, dtype=cache_dtype)  # the fit's cache, not a second copy in another dtype
     rng = np.random.default_rng(seed)
     calibration = np.ascontiguousarray(tensors[np.sort(rng.choice(len(scans), size=min(calibration_images, len(scans)), replace=False))])
     binary = np.flatnonzero([scan.label != "other" for scan in scans])
-    evaluation = np.ascontiguousarray(tensors[binary])
+    evaluation = tensors.take(binary)  # still on disk: scored batch by batch, so memory does not grow with the pool
     labels = np.array([scans[index].effusion for index in binary])
     fp32_auroc = auroc(model, evaluation, labels, policy="cpu")
     return [

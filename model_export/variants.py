@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from sklearn.metrics import roc_auc_score
 
+from model_export.cache import Cached
 from service.model import INPUT_NAME, ProviderPolicy, load_model
 from service.settings import variant_path
 
@@ -86,14 +87,15 @@ def convert_fp16(source: Path, target: Path) -> Path:
     return target
 
 
-def scores(model_path: Path, tensors: np.ndarray, *, policy: ProviderPolicy) -> np.ndarray:
-    """Effusion probabilities of `tensors` through the service's own model loader."""
+def scores(model_path: Path, tensors: np.ndarray | Cached, *, policy: ProviderPolicy) -> np.ndarray:
+    """Effusion probabilities of `tensors` through the service's own model loader, read batch by batch (a cache
+    view stays on disk)."""
     model = load_model(model_path, policy=policy)
     batches = [model.predict(np.ascontiguousarray(tensors[i : i + EVALUATION_BATCH])) for i in range(0, len(tensors), EVALUATION_BATCH)]
     return np.concatenate(batches).astype(np.float64)
 
 
-def auroc(model_path: Path, tensors: np.ndarray, labels: np.ndarray, *, policy: ProviderPolicy) -> float:
+def auroc(model_path: Path, tensors: np.ndarray | Cached, labels: np.ndarray, *, policy: ProviderPolicy) -> float:
     """AUROC of the model at `model_path` on `tensors`, scored through the service's own loader."""
     return float(roc_auc_score(labels, scores(model_path, tensors, policy=policy)))
 
@@ -103,7 +105,7 @@ def build_variant(
     variant: Variant,
     *,
     calibration: np.ndarray,
-    evaluation: np.ndarray,
+    evaluation: np.ndarray | Cached,
     labels: np.ndarray,
     policy: ProviderPolicy = "cpu",
     tolerance: float = AUROC_TOLERANCE,

@@ -247,7 +247,7 @@ def test_fit_export_serve_applies_the_cv_calibration_and_reproduces_its_weights(
     run, model = tmp_path / "final", tmp_path / "model.onnx"
     main(["fit", *data, "--output", str(run), "--recipe", "findings-aug-ema", *FAST, *cache])
     final = json.loads((run / "final.json").read_text())
-    assert final["complete"] and len(final["epoch_sha256"]) == 2
+    assert final["complete"] and len(final["epoch_sha256"]) == 2 and final["cache_dtype"] == "float32"  # what `variants` reads
     history = json.loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2] and (run / "curves.png").stat().st_size > 0
 
@@ -287,6 +287,7 @@ def test_fit_export_serve_applies_the_cv_calibration_and_reproduces_its_weights(
         float(recorded[0]["probability"]), abs=1e-6
     )
     (report,) = final_variants(model, roots, variants=("fp16",), cache_dir=cv_run.parent / "cache")
+    assert [folder.name for folder in (cv_run.parent / "cache").iterdir()] == ["minmax-area256-v1-repeat-to-256-v1-float32"]
     fp16 = model.with_suffix(".fp16.onnx")
     assert report.images == 30 and fp16.exists() == report.offered == (abs(report.auroc - report.fp32_auroc) <= 0.005)
     if report.offered:  # a written variant names the file it came from
