@@ -86,15 +86,3 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def every_process_ready(url: str, processes: int, timeout: float = 300.0) -> None:
-    """/ready answers for whichever of `python -m service`'s processes the kernel picks: wait until all of them
-    say ready (`cxr_ready` adds them up)."""
-    from testkit.live_server import metric
-
-    deadline = time.monotonic() + timeout
-    while metric(url, "cxr_ready") < processes:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"fewer than {processes} processes ready at {url} within {timeout} s")
-        time.sleep(0.5)

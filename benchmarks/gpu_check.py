@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from benchmarks.common import MAX_PIXELS, Server, every_process_ready
+from benchmarks.common import MAX_PIXELS, Server
 from benchmarks.loadgen import Body, run_hey
 from benchmarks.resnet18 import benchmark_model
 from service.decode import png
@@ -42,6 +42,7 @@ from service.model import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, load_model, sessio
 from service.prepare import prepare
 from service.settings import variant_path
 from service.shared_inference import SLOT_BYTES
+from testkit.live_server import every_process_ready
 
 SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 SECTIONS = ("cudnn", "throughput", "shapes", "placement", "decode", "service", "modes")

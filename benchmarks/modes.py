@@ -26,10 +26,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DEFAULT_DATA, Server, every_process_ready, log, nih_scans
+from benchmarks.common import DEFAULT_DATA, Server, log, nih_scans
 from benchmarks.loadgen import multipart_body, run_hey
 from benchmarks.resnet18 import benchmark_model
 from service.resources import available_cpus
+from testkit.live_server import every_process_ready
 
 
 def systems(model: Path, workers: int) -> list[tuple[str, Server, int, str]]:

@@ -39,7 +39,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from benchmarks.common import CACHE, DEFAULT_DATA, MAX_PIXELS, REPO_ROOT, Server, every_process_ready, log, nih_scans
+from benchmarks.common import CACHE, DEFAULT_DATA, MAX_PIXELS, REPO_ROOT, Server, log, nih_scans
 from benchmarks.loadgen import Body, multipart_body, run_hey, triton_body
 from benchmarks.naive_recipe import naive_tensor
 from benchmarks.resnet18 import benchmark_model
@@ -51,6 +51,7 @@ from service.prepare import prepare
 from service.preprocessing import preprocess
 from service.resources import available_cpus
 from service.settings import Settings, variant_path
+from testkit.live_server import every_process_ready
 
 
 def int8_model(fp32: Path, scans: list[bytes]) -> Path:

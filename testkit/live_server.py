@@ -120,6 +120,17 @@ def metric(url: str, name: str, /, **labels: str) -> float:
     return 0.0
 
 
+def every_process_ready(url: str, processes: int, timeout: float = 300.0, *, log: Callable[[], str] | None = None) -> None:
+    """/ready answers for whichever of `python -m service`'s processes the kernel picks: wait until all of them
+    say ready (`cxr_ready` adds them up); fail with the log's tail, when given, if they do not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while metric(url, "cxr_ready") < processes:
+        if time.monotonic() > deadline:
+            tail = f":\n{log()[-4000:]}" if log is not None else ""
+            raise AssertionError(f"fewer than {processes} processes ready at {url} within {timeout} s{tail}")
+        time.sleep(0.1)
+
+
 def held_back(data: bytes, release: threading.Event, pieces: int = 40) -> Iterator[bytes]:
     """A request body that stalls half-way until `release` is set: the request stays in flight."""
     size = -(-len(data) // pieces)

@@ -24,7 +24,16 @@ import httpx
 
 from service.model import load_model
 from service.predictor import score_bytes
-from testkit.live_server import REPO_ROOT, LiveServer, free_port, held_back, in_flight, metric, running_service
+from testkit.live_server import (
+    REPO_ROOT,
+    LiveServer,
+    every_process_ready,
+    free_port,
+    held_back,
+    in_flight,
+    metric,
+    running_service,
+)
 
 SHARED = {"CXR_WORKERS": "2", "CXR_INFERENCE": "shared", "CXR_MAX_QUEUE": "16"}  # small blocks: a CI container's /dev/shm may be 64 MiB
 EXAMPLES = REPO_ROOT / "examples"
@@ -63,7 +72,7 @@ def all_ready(server: LiveServer) -> bool:
 @contextmanager
 def shared_service(model: Path, **env: str) -> Iterator[LiveServer]:
     with running_service(model, ready_timeout=TIMEOUT, **SHARED, **env) as server:
-        wait_for(lambda: all_ready(server), server, "both frontends ready")
+        every_process_ready(server.url, 2, TIMEOUT, log=server.log)
         yield server
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testkit.live_server import held_back, in_flight, metric, running_service
+from testkit.live_server import every_process_ready, held_back, in_flight, running_service
 
 EXIT_STATUSES = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
 
@@ -107,10 +107,7 @@ def test_sigterm_under_load_loses_no_accepted_request(slow_model: Path, nih_png:
             record("cut", type(error).__name__, started)
 
     with running_service(slow_model, ready_timeout=240, **env) as server, ThreadPoolExecutor(9) as pool:
-        deadline = time.monotonic() + 120
-        while metric(server.url, "cxr_ready") < int(mode.get("CXR_WORKERS", "1")):  # every frontend, not only one
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.1)
+        every_process_ready(server.url, int(mode.get("CXR_WORKERS", "1")), 120, log=server.log)  # every frontend, not only one
         slow = pool.submit(slow_upload, server.url)
         while in_flight(server.url) < 1:  # the slow upload is accepted and past the readiness check
             time.sleep(0.02)
@@ -144,10 +141,7 @@ def test_two_workers_each_finish_what_they_accepted_after_sigterm(slow_model: Pa
     """The parent passes SIGTERM on; the worker holding a half-received upload finishes it after its listener closed."""
     scan, release = nih_png.read_bytes(), threading.Event()
     with running_service(slow_model, ready_timeout=240, CXR_WORKERS="2", CXR_DRAIN_DELAY_S="0.5") as server, ThreadPoolExecutor(1) as pool:
-        deadline = time.monotonic() + 60
-        while metric(server.url, "cxr_ready") < 2:  # the port answers once one worker is ready; wait for both
-            assert time.monotonic() < deadline, "the second worker never turned ready"
-            time.sleep(0.1)
+        every_process_ready(server.url, 2, 60, log=server.log)  # the port answers once one worker is ready; wait for both
         slow = pool.submit(
             httpx.post, f"{server.url}/predict", content=held_back(scan, release), headers={"Content-Type": "image/png"}, timeout=60
         )

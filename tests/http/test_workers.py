@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from testkit.live_server import REPO_ROOT, free_port, metric, running_service
+from testkit.live_server import REPO_ROOT, every_process_ready, free_port, metric, running_service
 
 
 def worker_pids(parent: int) -> set[int]:
@@ -23,10 +23,7 @@ def test_two_workers_each_load_the_model_turn_ready_and_share_their_metrics(mean
     with running_service(mean_model, ready_timeout=240, CXR_WORKERS="2") as server:
         pids = worker_pids(server.process.pid)
         assert len(pids) == 2
-        deadline = time.monotonic() + 120
-        while metric(server.url, "cxr_ready") < 2:  # each worker turns ready on its own; the gauge adds them up
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.2)
+        every_process_ready(server.url, 2, 120, log=server.log)  # each worker turns ready on its own
         scan = nih_png.read_bytes()
         for _ in range(12):  # new connections: the kernel hands them to either worker
             response = httpx.post(f"{server.url}/predict", files={"file": ("a.png", scan)}, timeout=60)
