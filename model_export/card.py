@@ -19,8 +19,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from model_export.cv import auroc, bootstrap_auroc, read_oof
-from model_export.final import ECE_BINS, calibration_from_cv, cross_fitted_probabilities
+from model_export.cv import auroc, bootstrap_auroc, oof_columns, read_oof
+from model_export.final import calibration_of, reliability
 
 SUBGROUPS: dict[str, Callable[[dict[str, str]], str]] = {
     "view": lambda row: row["view"] or "unknown",
@@ -28,18 +28,6 @@ SUBGROUPS: dict[str, Callable[[dict[str, str]], str]] = {
     "age": lambda row: "unknown" if int(row["age"]) < 0 else ("<40" if int(row["age"]) < 40 else "40-59" if int(row["age"]) < 60 else "60+"),
     "resolution": lambda row: "native 1024 px" if row["width"] == "1024" else "reduced copy (64-512 px)",
 }
-
-
-def columns(rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
-    return {
-        "labels": np.array([int(row["label"] == "effusion") for row in rows]),
-        "binary": np.array([row["label"] != "other" for row in rows]),
-        "logit": np.array([float(row["logit"]) for row in rows]),
-        "masked": np.array([float(row["logit_top_corners_masked"]) for row in rows]),
-        "reference": np.array([float(row["reference"]) for row in rows]),
-        "patients": np.array([row["patient_id"] for row in rows]),
-        "folds": np.array([int(row["fold"]) for row in rows]),
-    }
 
 
 def auroc_entry(data: dict[str, np.ndarray], mask: np.ndarray, score: str, resamples: int) -> dict[str, Any]:
@@ -57,14 +45,14 @@ def auroc_entry(data: dict[str, np.ndarray], mask: np.ndarray, score: str, resam
 def card_evidence(cv_run: Path, *, resamples: int = 2000) -> dict[str, Any]:
     """Every figure of the card, from the cv run's oof.csv and report.json."""
     rows = read_oof(cv_run / "oof.csv")
-    data = columns(rows)
+    data = oof_columns(rows)
     binary = data["binary"]
     native = np.array([row["width"] == "1024" for row in rows])
     subgroups: dict[str, dict[str, Any]] = {}
     for name, key in SUBGROUPS.items():
         values = np.array([key(row) for row in rows])
         subgroups[name] = {value: auroc_entry(data, binary & (values == value), "logit", resamples) for value in sorted(set(values))}
-    honest = cross_fitted_probabilities(data["logit"], data["labels"], data["folds"])
+    calibration, honest = calibration_of(data)
     return {
         "recipe": json.loads((cv_run / "report.json").read_text())["recipe"],
         "auroc": {
@@ -80,21 +68,10 @@ def card_evidence(cv_run: Path, *, resamples: int = 2000) -> dict[str, Any]:
             "effusion_vs_nofinding": auroc_entry(data, binary, "masked", resamples),
             "effusion_vs_nofinding_native": auroc_entry(data, binary & native, "masked", resamples),
         },
-        "calibration": calibration_from_cv(cv_run),
+        "calibration": calibration,
         "reliability": reliability(data["labels"], honest),
         "subgroups": subgroups,
     }
-
-
-def reliability(labels: np.ndarray, probabilities: np.ndarray) -> list[dict[str, float]]:
-    """Per bin: mean predicted probability, observed effusion rate, scans (cross-fitted calibration)."""
-    edges = np.linspace(0, 1, ECE_BINS + 1)
-    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, ECE_BINS - 1)
-    return [
-        {"predicted": float(probabilities[which == b].mean()), "observed": float(labels[which == b].mean()), "scans": int((which == b).sum())}
-        for b in range(ECE_BINS)
-        if (which == b).any()
-    ]
 
 
 def plot_roc(path: Path, data: dict[str, np.ndarray], evidence: dict[str, Any]) -> None:
@@ -131,7 +108,7 @@ def write_card(cv_run: Path, output: Path, *, resamples: int = 2000) -> dict[str
     shutil.copyfile(cv_run / "oof.csv", output / "oof.csv")
     shutil.copyfile(cv_run / "report.json", output / "report.json")
     (output / "card.json").write_text(json.dumps(evidence, indent=2) + "\n")
-    data = columns(read_oof(cv_run / "oof.csv"))
+    data = oof_columns(read_oof(cv_run / "oof.csv"))
     plot_roc(output / "roc.png", data, evidence)
     plot_reliability(output / "reliability.png", evidence["reliability"], evidence["calibration"]["ece_cross_fitted"])
     return evidence

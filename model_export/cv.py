@@ -24,12 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from model_export.distributed import SINGLE, World
+from model_export.evaluate import thumbnail_regression
 from model_export.fit import effusion_index, fit, mask_top_corners, output_names, predict_logits
 from model_export.init import initial_weights
 from model_export.pool import LABELS, Downsampled, Scan, downsample, pool_tensors, read_pool
@@ -64,7 +62,7 @@ def target_matrix(recipe: Recipe, scans: Sequence[Scan]) -> np.ndarray:
 
 def reference_scores(thumbnails: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     """P(effusion) of the thumbnail logistic regression fitted on `train`, for `test`."""
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000))
+    model = thumbnail_regression()
     model.fit(thumbnails[train], labels[train])
     return model.predict_proba(thumbnails[test])[:, 1]
 
@@ -277,3 +275,17 @@ def write_oof(
 def read_oof(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def oof_columns(rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
+    """oof.csv's rows as the arrays the card, the calibration and the study compute on (one parser for all)."""
+    return {
+        "names": np.array([row["path"] for row in rows]),
+        "labels": np.array([int(row["label"] == "effusion") for row in rows]),
+        "binary": np.array([row["label"] != "other" for row in rows]),
+        "logit": np.array([float(row["logit"]) for row in rows]),
+        "masked": np.array([float(row["logit_top_corners_masked"]) for row in rows]),
+        "reference": np.array([float(row["reference"]) for row in rows]),
+        "patients": np.array([row["patient_id"] for row in rows]),
+        "folds": np.array([int(row["fold"]) for row in rows]),
+    }

@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 
 from model_export.cache import scan_tensor
 from model_export.curves import plot_history
-from model_export.cv import read_oof, target_matrix, trains_on
+from model_export.cv import oof_columns, read_oof, target_matrix, trains_on
 from model_export.distributed import SINGLE, World
 from model_export.errors import ExportError
 from model_export.evaluate import youden_threshold
@@ -155,16 +155,20 @@ def sigmoid(values: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-values))
 
 
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Mean |observed rate - mean predicted| over equal-width probability bins, weighted by bin size."""
+def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Per non-empty equal-width probability bin: mean predicted probability, observed effusion rate, scans."""
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(labels[mask].mean() - probabilities[mask].mean())
-    return float(error)
+    return [
+        {"predicted": float(probabilities[which == b].mean()), "observed": float(labels[which == b].mean()), "scans": int((which == b).sum())}
+        for b in range(bins)
+        if (which == b).any()
+    ]
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Mean |observed rate - mean predicted| over the reliability bins, weighted by bin size."""
+    return float(sum(b["scans"] / len(labels) * abs(b["observed"] - b["predicted"]) for b in reliability(labels, probabilities, bins)))
 
 
 def cross_fitted_probabilities(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
@@ -179,15 +183,17 @@ def cross_fitted_probabilities(logits: np.ndarray, labels: np.ndarray, folds: np
 
 def calibration_from_cv(cv_run: Path) -> dict[str, Any]:
     """Platt parameters, threshold and the operating point, all from the CV run's out-of-fold logits."""
-    rows = read_oof(cv_run / "oof.csv")
-    logits = np.array([float(row["logit"]) for row in rows])
-    labels = np.array([int(row["label"] == "effusion") for row in rows])
-    folds = np.array([int(row["fold"]) for row in rows])
-    binary = np.array([row["label"] != "other" for row in rows])
+    return calibration_of(oof_columns(read_oof(cv_run / "oof.csv")))[0]
+
+
+def calibration_of(data: dict[str, np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
+    """(`calibration_from_cv`'s figures, the cross-fitted calibrated probabilities its ECE is measured on) of a cv
+    run's out-of-fold columns (`model_export.cv.oof_columns`)."""
+    logits, labels, binary = data["logit"], data["labels"], data["binary"]
     a, b = platt(logits, labels)
     probabilities = sigmoid(a * logits + b)
     threshold = youden_threshold(labels, probabilities)
-    honest = cross_fitted_probabilities(logits, labels, folds)
+    honest = cross_fitted_probabilities(logits, labels, data["folds"])
     predicted = probabilities >= threshold
     return {
         "platt": {"a": a, "b": b, "rule": CALIBRATION_RULE},
@@ -199,7 +205,7 @@ def calibration_from_cv(cv_run: Path) -> dict[str, Any]:
             "effusion_vs_all": operating_point(labels, predicted),
             "effusion_vs_nofinding": operating_point(labels[binary], predicted[binary]),
         },
-    }
+    }, honest
 
 
 def operating_point(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

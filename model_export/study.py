@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.cv import auroc, patient_resamples, read_oof
+from model_export.cv import auroc, oof_columns, patient_resamples, read_oof
 from model_export.errors import DataError
 
 BINARY = "effusion_vs_nofinding"
@@ -34,13 +34,9 @@ def paired_difference(
 
 def binary_scores(run: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """(scan names, labels, OOF logits, patients) of the effusion and no-finding scans of a run."""
-    rows = [row for row in read_oof(run / "oof.csv") if row["label"] != "other"]
-    return (
-        [row["path"] for row in rows],
-        np.array([int(row["label"] == "effusion") for row in rows]),
-        np.array([float(row["logit"]) for row in rows]),
-        np.array([row["patient_id"] for row in rows]),
-    )
+    data = oof_columns(read_oof(run / "oof.csv"))
+    binary = data["binary"]
+    return data["names"][binary].tolist(), data["labels"][binary], data["logit"][binary], data["patients"][binary]
 
 
 def interval(row: dict, column: str = "cnn") -> str:
