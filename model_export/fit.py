@@ -236,21 +236,15 @@ def fit(
     `init` (model_export/init.py) replaces the random initial weights where its tensors fit.
     """
     torch.manual_seed(seed)
-    network = build_network(outputs=len(output_names(recipe))).to(memory_format=torch.channels_last)
-    if init is not None:
-        apply_initial_weights(network, init)
-    if world.size > 1:
-        network = use_global_batch_norm(network).to(world.device)
-    model = DistributedDataParallel(network) if world.size > 1 else network.to(world.device)
+    network, model = placed(build_network(outputs=len(output_names(recipe))).to(memory_format=torch.channels_last), init, world)
     index = effusion_index(recipe)
     positives = float(np.nansum(targets[:, index]))
     positive_weight = recipe.effusion_weight or (len(targets) - positives) / max(positives, 1.0)
     loss_function = masked_bce(recipe, positive_weight, world_size=world.size)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-    steps_per_epoch = math.ceil(len(images) / recipe.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=recipe.learning_rate, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.15
-    )
+    optimizer, scheduler = one_cycle_adamw(
+        network, learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay,
+        total_steps=recipe.epochs * math.ceil(len(images) / recipe.batch_size),
+    )  # fmt: skip
     ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema)) if recipe.ema else None
     augment = augmenter(recipe)
     for epoch in range(1, recipe.epochs + 1):
@@ -269,6 +263,26 @@ def fit(
         final, images, generator.permutation(len(images))[:BATCH_NORM_IMAGES], batch_size=recipe.batch_size, device=world.device
     )
     return final.cpu().eval()
+
+
+def placed(network: nn.Module, init: dict[str, torch.Tensor] | None, world: World) -> tuple[nn.Module, nn.Module]:
+    """A new network with its initial weights, on its device: (the network, what the training step calls: the
+    network, or under torchrun its DDP wrapper with one BatchNorm over the global batch)."""
+    if init is not None:
+        apply_initial_weights(network, init)
+    if world.size > 1:
+        network = use_global_batch_norm(network)
+    network = network.to(world.device)
+    return network, (DistributedDataParallel(network) if world.size > 1 else network)
+
+
+def one_cycle_adamw(
+    network: nn.Module, *, learning_rate: float, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW under a one-cycle schedule (15% warm-up), the optimiser of every training road."""
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=total_steps, pct_start=0.15)
+    return optimizer, scheduler
 
 
 def recalibrate_batch_norm(

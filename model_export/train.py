@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torchvision.transforms import InterpolationMode, v2
 
 from model_export import distributed
@@ -30,10 +29,10 @@ from model_export.cache import Cached
 from model_export.config import TrainConfig
 from model_export.curves import plot_history
 from model_export.data import Split, find_samples, official_split, split_by_patient
-from model_export.distributed import World, use_global_batch_norm
+from model_export.distributed import World
 from model_export.errors import DataError
-from model_export.fit import BATCH_NORM_IMAGES, recalibrate_batch_norm, train_one_epoch
-from model_export.init import apply_initial_weights, initial_weights
+from model_export.fit import BATCH_NORM_IMAGES, one_cycle_adamw, placed, recalibrate_batch_norm, train_one_epoch
+from model_export.init import initial_weights
 from model_export.network import build_network, predict_probabilities
 from model_export.rundir import (
     load_checkpoint,
@@ -106,18 +105,11 @@ def new_split(config: TrainConfig) -> Split:
 
 def build(config: TrainConfig, data: Data, world: World) -> Training:
     """Network, AdamW with its one-cycle schedule over every epoch, gradient scaler, weighted loss and augmentation."""
-    network = build_network()
-    if config.init:
-        apply_initial_weights(network, initial_weights(config.init)[0])
-    if world.size > 1:
-        network = use_global_batch_norm(network)
-    network = network.to(world.device)
-    model = DistributedDataParallel(network) if world.size > 1 else network
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
-    )
+    network, model = placed(build_network(), initial_weights(config.init)[0] if config.init else None, world)
+    optimizer, scheduler = one_cycle_adamw(
+        network, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+        total_steps=config.epochs * math.ceil(len(data.train_x) / config.batch_size),
+    )  # fmt: skip
     amp = world.device.type == "cuda"
     weights = class_weights(config.class_weights, data.train_y)
     logger.info("device %s x %d (mixed precision: %s), class weights %s", world.device, world.size, amp, weights)
