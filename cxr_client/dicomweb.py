@@ -26,7 +26,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_client.predict import TRANSIENT_CODES, add_http_options, http_client, post_scan, with_retries
+from cxr_client.predict import TRANSIENT_CODES, add_http_options, error_of, http_client, post_scan, transport_error, with_retries
 
 if TYPE_CHECKING:
     import httpx
@@ -133,15 +133,10 @@ def route_instance(
             headers={"Accept": DICOM},
             params={"heatmap": "true"} if heatmap else None,
         )
-    except httpx.TimeoutException:
-        return "timeout"
-    except httpx.TransportError:
-        return "connection_error"
+    except httpx.TransportError as error:
+        return transport_error(error)[0]
     if response.status_code != 200:
-        try:
-            return str(response.json()["error"]["code"])
-        except (ValueError, KeyError, TypeError):
-            return f"http_{response.status_code}"
+        return error_of(response)[0]
     try:
         results = [pydicom.dcmread(io.BytesIO(part)) for part in dicom_parts(response)]
     except Exception:

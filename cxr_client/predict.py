@@ -129,10 +129,9 @@ def http_scorer(url: str, *, api_key: str | None, timeout: float, retries: int) 
     def score(path: Path) -> Row:
         try:
             response = post_scan(client, path.read_bytes(), retries=retries)
-        except httpx.TimeoutException:
-            return Row(str(path), error_code="timeout", error_message="the service did not answer in time")
         except httpx.TransportError as error:
-            return Row(str(path), error_code="connection_error", error_message=type(error).__name__)
+            code, message = transport_error(error)
+            return Row(str(path), error_code=code, error_message=message)
         return _row_from_response(path, response)
 
     return score
@@ -174,26 +173,41 @@ def _retry_delay(response: httpx.Response | None, attempt: int) -> float:
     return min(0.5 * 2**attempt, 30.0)
 
 
+def transport_error(error: httpx.TransportError) -> tuple[str, str]:
+    """(error code, message) of a request that got no answer, as the predict and dicomweb commands record it."""
+    import httpx
+
+    if isinstance(error, httpx.TimeoutException):
+        return "timeout", "the service did not answer in time"
+    return "connection_error", type(error).__name__
+
+
+def error_of(response: httpx.Response) -> tuple[str, str | None]:
+    """(error code, message) of an answer other than 200: the service's own, or `http_<status>` for a body that is
+    not the service's error (a gateway's or proxy's page)."""
+    try:
+        error = response.json()["error"]
+        return str(error["code"]), error.get("message")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"http_{response.status_code}", None
+
+
 def _row_from_response(path: Path, response: httpx.Response) -> Row:
+    if response.status_code != 200:
+        code, message = error_of(response)
+        return Row(str(path), error_code=code, error_message=message)
     try:
         body = response.json()
-    except ValueError:
-        body = {}
-    status = response.status_code
-    if status == 200:
-        try:
-            return Row(
-                str(path),
-                effusion_probability=body["effusion_probability"],
-                label=body["label"],
-                threshold=body["threshold"],
-                model_name=body["model"]["name"],
-                model_version=body["model"]["version"],
-            )
-        except (KeyError, TypeError):  # e.g. a proxy's HTML page: not this service's answer
-            return Row(str(path), error_code="invalid_response", error_message="a 200 answer without a prediction")
-    error = body.get("error", {}) if isinstance(body, dict) else {}
-    return Row(str(path), error_code=error.get("code", f"http_{status}"), error_message=error.get("message"))
+        return Row(
+            str(path),
+            effusion_probability=body["effusion_probability"],
+            label=body["label"],
+            threshold=body["threshold"],
+            model_name=body["model"]["name"],
+            model_version=body["model"]["version"],
+        )
+    except (ValueError, KeyError, TypeError):  # e.g. a proxy's HTML page: not this service's answer
+        return Row(str(path), error_code="invalid_response", error_message="a 200 answer without a prediction")
 
 
 def local_scorer(model_path: Path) -> Callable[[Path], Row]:
