@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -31,11 +32,10 @@ from multiprocessing.shared_memory import SharedMemory
 from types import FrameType
 from typing import Any
 
-import uvicorn
 from prometheus_client import multiprocess
 
 from service.http.restarts import RestartPolicy
-from service.http.workers import METRICS_DIR_VARIABLE, drain_when_orphaned, run_worker
+from service.http.workers import become_child, listening, load_or_exit, run_worker
 from service.settings import Settings
 from service.shared_inference import FrontendPlan, create_slots, shared_memory_problem, slots_per_frontend
 
@@ -51,9 +51,12 @@ def serve_shared(settings: Settings, config_options: dict[str, Any], frontends: 
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    sock = uvicorn.Config(app=None, host=settings.host, port=settings.port, log_config=None).bind_socket()
-    metrics_dir = tempfile.mkdtemp(prefix="cxr-metrics-")
-    os.environ[METRICS_DIR_VARIABLE] = metrics_dir  # inherited by every child (spawned afresh)
+    with listening(settings) as sock:
+        return supervise(settings, config_options, frontends, slots, sock)
+
+
+def supervise(settings: Settings, config_options: dict[str, Any], frontends: int, slots: int, sock: socket.socket) -> int:
+    """Start the inference process and the frontends on `sock`, replace the ones that die, drain on a signal."""
     run_dir = tempfile.mkdtemp(prefix="cxr-inference-")  # mode 0700: only this user reaches the socket
     address = os.path.join(run_dir, "inference.sock")
     authkey = os.urandom(32)
@@ -162,7 +165,6 @@ def serve_shared(settings: Settings, config_options: dict[str, Any], frontends: 
         sock.close()
         for block in blocks.values():
             release_block(block)
-        shutil.rmtree(metrics_dir, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -176,22 +178,13 @@ def release_block(block: SharedMemory | None) -> None:
 def run_inference_process(settings: Settings, config_options: dict[str, Any], address: str, authkey: bytes, parent: int) -> None:
     """The inference process: load and warm the model, then batch the frontends' tensors until SIGTERM."""
     import asyncio
-    import logging.config
 
     from service.http.metrics import Metrics
-    from service.model import ModelError
     from service.predictor import batcher_for
     from service.shared_inference import run_inference
-    from service.variant_choice import load_served_model
 
-    os.setpgrp()  # Ctrl-C reaches the supervisor only, which stops this process last
-    drain_when_orphaned(parent)
-    logging.config.dictConfig(config_options["log_config"])
-    try:
-        served = load_served_model(settings)
-    except ModelError as error:
-        print(f"error: model refused: {error}", file=sys.stderr)
-        sys.exit(2)
+    become_child(config_options, parent)  # Ctrl-C reaches the supervisor only, which stops this process last
+    served = load_or_exit(settings)
     logger.info("inference process %d serving the %s variant: %s", os.getpid(), served.variant, served.reason)
     metrics = Metrics()  # multiprocess mode: batches, inference time and the host's queue, added to the frontends'
     batcher = batcher_for(served.model, settings)  # type: ignore[arg-type]  # load_served_model returns a Model here
