@@ -79,7 +79,10 @@ def test_the_model_file_reproduces_its_recorded_scores_on_real_scans(nih_dir: Pa
     binary = labels != "other"
     positive = np.array(served)[binary & (labels == "effusion")][:, None]
     negative = np.array(served)[binary & (labels == "nofinding")][None, :]
-    assert np.mean(positive > negative) > 0.5  # scans it trained on: a sanity check, not a performance figure
+    # Scans it trained on (not a performance figure): it must rank them at least as well as the unseen scans of its
+    # cross-validation did; a flipped label, a broken graph or the wrong preprocessing falls far below that.
+    out_of_fold = json.loads((EVALUATION / "card.json").read_text())["auroc"]["effusion_vs_nofinding"]["auroc"]
+    assert np.mean(positive > negative) + 0.5 * np.mean(positive == negative) > out_of_fold
 
 
 def test_the_default_model_answers_over_http(nih_dir: Path) -> None:
