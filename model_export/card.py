@@ -45,7 +45,11 @@ def auroc_entry(data: dict[str, np.ndarray], mask: np.ndarray, score: str, resam
 def card_evidence(cv_run: Path, *, resamples: int = 2000) -> dict[str, Any]:
     """Every figure of the card, from the cv run's oof.csv and report.json."""
     rows = read_oof(cv_run / "oof.csv")
-    data = oof_columns(rows)
+    return evidence_of(rows, oof_columns(rows), cv_run, resamples)
+
+
+def evidence_of(rows: list[dict[str, str]], data: dict[str, np.ndarray], cv_run: Path, resamples: int) -> dict[str, Any]:
+    """The card's figures from oof.csv's rows and their columns (`model_export.cv.oof_columns`), parsed once by the caller."""
     binary = data["binary"]
     native = np.array([row["width"] == "1024" for row in rows])
     subgroups: dict[str, dict[str, Any]] = {}
@@ -104,11 +108,12 @@ def plot_reliability(path: Path, bins: list[dict[str, float]], ece: float) -> No
 
 def write_card(cv_run: Path, output: Path, *, resamples: int = 2000) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
-    evidence = card_evidence(cv_run, resamples=resamples)
+    rows = read_oof(cv_run / "oof.csv")
+    data = oof_columns(rows)  # read once, for the figures and the plots
+    evidence = evidence_of(rows, data, cv_run, resamples)
     shutil.copyfile(cv_run / "oof.csv", output / "oof.csv")
     shutil.copyfile(cv_run / "report.json", output / "report.json")
     (output / "card.json").write_text(json.dumps(evidence, indent=2) + "\n")
-    data = oof_columns(read_oof(cv_run / "oof.csv"))
     plot_roc(output / "roc.png", data, evidence)
     plot_reliability(output / "reliability.png", evidence["reliability"], evidence["calibration"]["ece_cross_fitted"])
     return evidence

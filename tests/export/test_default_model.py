@@ -137,3 +137,15 @@ def test_the_documented_fit_command_reproduces_the_shipped_weights_epoch_one(nih
         "the documented fit command no longer reproduces the shipped model's first epoch "
         f"(threads: {os.cpu_count()} cores here); see models/README.md"
     )
+
+
+def test_the_card_command_writes_the_figures_and_plots_from_the_out_of_fold_predictions(tmp_path: Path) -> None:
+    require_module("sklearn")
+    from model_export.card import write_card
+
+    evidence = write_card(EVALUATION, tmp_path, resamples=50)
+    card = json.loads((EVALUATION / "card.json").read_text())
+    assert evidence["auroc"]["effusion_vs_nofinding"]["auroc"] == pytest.approx(card["auroc"]["effusion_vs_nofinding"]["auroc"], abs=1e-12)
+    assert json.loads((tmp_path / "card.json").read_text())["calibration"]["threshold"] == pytest.approx(card["calibration"]["threshold"])
+    assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "reliability.png").stat().st_size > 0
+    assert (tmp_path / "oof.csv").read_bytes() == (EVALUATION / "oof.csv").read_bytes()
